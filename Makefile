@@ -1,0 +1,63 @@
+# blipserve: everything a fresh machine needs, driven from here.
+#   make run    set up, build, export the tiny model, answer questions about a sample frame
+#   make test   set up, then every test and lint
+SHELL := /bin/bash
+.DEFAULT_GOAL := run
+
+VENV        := .venv
+PYTHON      := $(abspath $(VENV))/bin/python
+TINY        := models/tiny
+TINY_STATIC := models/tiny-static
+SAMPLE      := models/sample-frame.jpg
+
+# tch builds against the torch of the pinned Python environment (no separate libtorch).
+export LIBTORCH_USE_PYTORCH := 1
+export VIRTUAL_ENV := $(abspath $(VENV))
+export PATH := $(abspath $(VENV))/bin:$(PATH)
+export BLIPSERVE_PYTHON := $(PYTHON)
+
+CARGO_TEST := $(shell command -v cargo-nextest >/dev/null 2>&1 && echo "cargo nextest run" || echo "cargo test")
+
+.PHONY: setup system-deps python build models run test lint clean-models
+
+setup: system-deps python
+
+# Native build tools: cmake and nasm build libjpeg-turbo (the JPEG decoder Pillow uses).
+system-deps:
+	@bash scripts/system-deps.sh
+
+python:
+	@bash scripts/python-env.sh
+
+build: setup
+	cargo build --release
+
+$(TINY)/manifest.json: models/export.py models/blip_common.py | python
+	cd models && $(PYTHON) export.py tiny $(notdir $(TINY))
+
+# Fixed shapes as on Neuron: image batch 2, question batch 4, 24 question tokens, decoder 20.
+$(TINY_STATIC)/manifest.json: models/export.py models/blip_common.py | python
+	cd models && $(PYTHON) export.py tiny $(notdir $(TINY_STATIC)) --static --image-batch 2 --batch 4 --question-len 24 --decoder-len 20
+
+models/base-random/manifest.json: models/export.py models/blip_common.py | python
+	cd models && $(PYTHON) export.py base-random base-random
+
+$(SAMPLE): models/sample_frame.py | python
+	$(PYTHON) models/sample_frame.py $@
+
+models: $(TINY)/manifest.json $(TINY_STATIC)/manifest.json $(SAMPLE)
+
+run: build models
+	./target/release/blipserve ask --model $(TINY) --image $(SAMPLE) \
+	  "is the dog barking?" "is the cat sleeping on the sofa?" "is the dog chewing the furniture?"
+	./target/release/blipserve ask --model $(TINY) --image $(SAMPLE) --mode generate "what is the dog doing?"
+
+lint: setup
+	cargo fmt --check
+	cargo clippy --all-targets -- -D warnings
+
+test: setup models lint
+	$(CARGO_TEST) --all-targets
+
+clean-models:
+	rm -rf $(TINY) $(TINY_STATIC) $(SAMPLE)

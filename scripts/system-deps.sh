@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Installs the native build tools the Rust build needs, from Debian's packages, when missing.
+set -euo pipefail
+need=()
+command -v cmake >/dev/null 2>&1 || need+=(cmake)
+command -v nasm >/dev/null 2>&1 || need+=(nasm)
+command -v g++ >/dev/null 2>&1 || need+=(g++)
+[ ${#need[@]} -eq 0 ] && exit 0
+if [ "$(id -u)" -ne 0 ]; then
+  echo "system-deps: please install: ${need[*]} (e.g. sudo apt-get install ${need[*]})" >&2
+  exit 1
+fi
+echo "system-deps: installing ${need[*]}" >&2
+apt-get update -qq
+DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null

@@ -1,0 +1,221 @@
+//! BLIP VQA as three TorchScript parts: load a model directory, preprocess frames, tokenise
+//! questions, and answer them.
+//!
+//! A model directory (written by `models/export.py`) holds `image_encoder.pt`,
+//! `text_encoder.pt`, `text_decoder.pt`, `tokenizer.json` and `manifest.json`; the manifest
+//! states shapes, token ids and preprocessing, and everything here takes them from it.
+
+pub mod manifest;
+mod pipeline;
+pub mod preprocess;
+pub mod tokenize;
+
+use std::path::{Path, PathBuf};
+
+use crate::device::{self, Device, DeviceError};
+pub use manifest::{Manifest, Shapes};
+pub use pipeline::{Answer, AnswerMode, FrameQuestions, InferenceError};
+pub use preprocess::{ImageError, ImageLimits, Pixels, Preprocessor, RgbImage};
+pub use tokenize::{Question, QuestionError, QuestionTokenizer};
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("{dir} is not a complete model directory: missing {}", missing.join(", "))]
+    MissingFiles { dir: PathBuf, missing: Vec<String> },
+    #[error("manifest: {0}")]
+    Manifest(String),
+    #[error("model directory is inconsistent: {0}")]
+    Mismatch(String),
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
+    #[error("the model was exported for {target} but device {device} was requested")]
+    Target { target: String, device: Device },
+    #[error(transparent)]
+    Device(#[from] DeviceError),
+    #[error(transparent)]
+    OpLibrary(#[from] device::OpLibraryError),
+    #[error("the loaded parts do not behave as the manifest says: {0}")]
+    SelfCheck(InferenceError),
+}
+
+/// How to load a model directory.
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    pub device: Device,
+    /// Operator libraries to load globally before the parts (e.g. a custom op's .so).
+    pub op_libraries: Vec<PathBuf>,
+    /// libtorchneuron.so for device neuron; found automatically when `None`.
+    pub neuron_library: Option<PathBuf>,
+    pub image_limits: ImageLimits,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions {
+            device: Device::Cpu,
+            op_libraries: Vec::new(),
+            neuron_library: None,
+            image_limits: ImageLimits::default(),
+        }
+    }
+}
+
+/// One loaded model replica: the three parts on one device, with its tokenizer and
+/// preprocessor. Not shared between threads: each replica belongs to one worker thread.
+pub struct Model {
+    manifest: Manifest,
+    shapes: Shapes,
+    device: Device,
+    kind: tch::Kind,
+    tokenizer: QuestionTokenizer,
+    preprocessor: Preprocessor,
+    image_encoder: tch::CModule,
+    text_encoder: tch::CModule,
+    text_decoder: tch::CModule,
+}
+
+impl Model {
+    /// Loads and checks a model directory, then runs one real forward pass through every part
+    /// (which both proves the parts match the manifest and warms them up).
+    pub fn load(dir: &Path, opts: &LoadOptions) -> Result<Model, LoadError> {
+        check_files(dir)?;
+        let manifest = Manifest::read(dir)?;
+        let shapes = manifest.shapes()?;
+        let kind = manifest.float_kind()?;
+        check_target(&manifest, opts.device)?;
+        opts.device.check_available()?;
+
+        if opts.device == Device::Neuron {
+            device::load_neuron_runtime()?;
+            let lib = device::find_neuron_library(opts.neuron_library.as_deref())?;
+            device::load_op_library(&lib)?;
+        }
+        for lib in &opts.op_libraries {
+            device::load_op_library(lib)?;
+        }
+
+        let part = |file: &str| device::load_module(&dir.join(file), opts.device);
+        let image_encoder = part(&manifest.parts.image_encoder.file)?;
+        let text_encoder = part(&manifest.parts.text_encoder.file)?;
+        let text_decoder = part(&manifest.parts.text_decoder.file)?;
+        let tokenizer = QuestionTokenizer::load(dir, &manifest.tokens, manifest.max_question_len)?;
+        let preprocessor = Preprocessor::new(&manifest.preprocess, opts.image_limits);
+
+        let model = Model {
+            manifest,
+            shapes,
+            device: opts.device,
+            kind,
+            tokenizer,
+            preprocessor,
+            image_encoder,
+            text_encoder,
+            text_decoder,
+        };
+        if model.shapes.question_len.is_some() && !model.manifest.question_padding_masked {
+            tracing::warn!(
+                "this export's decoder does not mask padded question positions and its question length is \
+                 fixed: answers depend slightly on question length; re-export with models/export.py"
+            );
+        }
+        model.self_check().map_err(LoadError::SelfCheck)?;
+        tracing::info!(model = %model.manifest.model_id, device = %model.device, "model loaded");
+        Ok(model)
+    }
+
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    pub fn shapes(&self) -> &Shapes {
+        &self.shapes
+    }
+
+    pub fn device(&self) -> Device {
+        self.device
+    }
+
+    pub fn tokenizer(&self) -> &QuestionTokenizer {
+        &self.tokenizer
+    }
+
+    pub fn preprocessor(&self) -> &Preprocessor {
+        &self.preprocessor
+    }
+
+    /// The most answer tokens `generate` can produce ([DEC] counts against max_length).
+    pub fn max_new_tokens(&self) -> usize {
+        self.manifest.generate.max_length - 1
+    }
+
+    /// A blank frame and a short question through every part, in both answer modes.
+    fn self_check(&self) -> Result<(), InferenceError> {
+        let (h, w) = self.shapes.image_size;
+        let blank = RgbImage {
+            width: w as u32,
+            height: h as u32,
+            data: vec![128; h * w * 3],
+        };
+        let pixels = self.preprocessor.normalize(&blank);
+        let question = self
+            .tokenizer
+            .encode("is this a test?")
+            .map_err(InferenceError::SelfCheck)?;
+        let frame = [FrameQuestions {
+            pixels: &pixels,
+            questions: std::slice::from_ref(&question),
+        }];
+        self.answer(&frame, AnswerMode::YesNo)?;
+        self.answer(&frame, AnswerMode::Generate { max_new_tokens: 1 })?;
+        Ok(())
+    }
+}
+
+fn check_files(dir: &Path) -> Result<(), LoadError> {
+    let mut missing: Vec<String> = [manifest::MANIFEST_FILE, tokenize::TOKENIZER_FILE]
+        .into_iter()
+        .filter(|f| !dir.join(f).is_file())
+        .map(String::from)
+        .collect();
+    if missing.is_empty() {
+        // Part files are named by the manifest.
+        let manifest = Manifest::read(dir)?;
+        let p = &manifest.parts;
+        for file in [
+            &p.image_encoder.file,
+            &p.text_encoder.file,
+            &p.text_decoder.file,
+        ] {
+            if !dir.join(file).is_file() {
+                missing.push(file.clone());
+            }
+        }
+    }
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(LoadError::MissingFiles {
+            dir: dir.to_path_buf(),
+            missing,
+        })
+    }
+}
+
+/// CPU artifacts also run on CUDA (weights move with the module); Neuron artifacts run only on
+/// Neuron, and CUDA artifacts only on CUDA.
+fn check_target(manifest: &Manifest, device: Device) -> Result<(), LoadError> {
+    let ok = match (manifest.target.as_str(), device) {
+        ("cpu", Device::Cpu | Device::Cuda(_)) => true,
+        ("cuda", Device::Cuda(_)) => true,
+        ("neuron", Device::Neuron) => true,
+        _ => false,
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(LoadError::Target {
+            target: manifest.target.clone(),
+            device,
+        })
+    }
+}

@@ -1,0 +1,74 @@
+//! Frame preprocessing as BLIP's image processor does it (transformers' PIL path): decode,
+//! convert to RGB, bicubic resize to the manifest's size, rescale, normalise, channels first.
+
+mod decode;
+mod resize;
+
+pub use decode::{decode, sniff, ImageError, ImageFormat, ImageLimits};
+pub use resize::resize_bicubic;
+
+use super::manifest::PreprocessSpec;
+
+/// 8-bit RGB pixels, row-major, interleaved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RgbImage {
+    pub width: u32,
+    pub height: u32,
+    pub data: Vec<u8>,
+}
+
+/// A preprocessed frame: `[3, H, W]` float32 on the CPU, ready for the image encoder.
+#[derive(Debug)]
+pub struct Pixels(pub tch::Tensor);
+
+#[derive(Debug, Clone)]
+pub struct Preprocessor {
+    height: u32,
+    width: u32,
+    rescale: f64,
+    mean: [f32; 3],
+    std: [f32; 3],
+    limits: ImageLimits,
+}
+
+impl Preprocessor {
+    pub fn new(spec: &PreprocessSpec, limits: ImageLimits) -> Preprocessor {
+        Preprocessor {
+            height: spec.size[0],
+            width: spec.size[1],
+            rescale: spec.rescale,
+            mean: spec.mean.map(|m| m as f32),
+            std: spec.std.map(|s| s as f32),
+            limits,
+        }
+    }
+
+    pub fn limits(&self) -> &ImageLimits {
+        &self.limits
+    }
+
+    /// Decoded and resized, before rescaling: what the parity tests compare with Pillow.
+    pub fn resized(&self, bytes: &[u8]) -> Result<RgbImage, ImageError> {
+        let rgb = decode(bytes, &self.limits)?;
+        Ok(resize_bicubic(&rgb, self.width, self.height))
+    }
+
+    /// The image encoder's input for one encoded frame.
+    pub fn pixels(&self, bytes: &[u8]) -> Result<Pixels, ImageError> {
+        Ok(self.normalize(&self.resized(bytes)?))
+    }
+
+    /// Rescale (in float64, then float32, as transformers does) and normalise, channels first.
+    pub fn normalize(&self, img: &RgbImage) -> Pixels {
+        let plane = img.width as usize * img.height as usize;
+        let mut chw = vec![0f32; 3 * plane];
+        for (i, px) in img.data.chunks_exact(3).enumerate() {
+            for c in 0..3 {
+                let scaled = (px[c] as f64 * self.rescale) as f32;
+                chw[c * plane + i] = (scaled - self.mean[c]) / self.std[c];
+            }
+        }
+        let tensor = tch::Tensor::from_slice(&chw).view([3, img.height as i64, img.width as i64]);
+        Pixels(tensor)
+    }
+}
