@@ -50,44 +50,23 @@ pub fn run(args: AskArgs) -> anyhow::Result<()> {
     args.model.apply_threads();
     let model = Model::load(&args.model.model, &args.model.load_options())
         .with_context(|| format!("loading model {}", args.model.model.display()))?;
-    let bytes =
-        std::fs::read(&args.image).with_context(|| format!("reading {}", args.image.display()))?;
-    let pixels = model
-        .preprocessor()
-        .pixels(&bytes)
-        .with_context(|| format!("image {}", args.image.display()))?;
+    let bytes = std::fs::read(&args.image).with_context(|| format!("reading {}", args.image.display()))?;
+    let pixels = model.preprocessor().pixels(&bytes).with_context(|| format!("image {}", args.image.display()))?;
     let questions = args
         .questions
         .iter()
-        .map(|q| {
-            model
-                .tokenizer()
-                .encode(q)
-                .with_context(|| format!("question {q:?}"))
-        })
+        .map(|q| model.tokenizer().encode(q).with_context(|| format!("question {q:?}")))
         .collect::<anyhow::Result<Vec<_>>>()?;
     let mode = match args.mode {
         Mode::Yesno => AnswerMode::YesNo,
-        Mode::Generate => AnswerMode::Generate {
-            max_new_tokens: args.max_new_tokens.unwrap_or(model.max_new_tokens()),
-        },
+        Mode::Generate => {
+            AnswerMode::Generate { max_new_tokens: args.max_new_tokens.unwrap_or(model.max_new_tokens()) }
+        }
     };
-    let answers = model.answer(
-        &[FrameQuestions {
-            pixels: &pixels,
-            questions: &questions,
-        }],
-        mode,
-    )?;
+    let answers = model.answer(&[FrameQuestions { pixels: &pixels, questions: &questions }], mode)?;
     let mut out = std::io::stdout().lock();
     for (question, answer) in questions.iter().zip(&answers[0]) {
-        serde_json::to_writer(
-            &mut out,
-            &Line {
-                question: &question.text,
-                answer,
-            },
-        )?;
+        serde_json::to_writer(&mut out, &Line { question: &question.text, answer })?;
         writeln!(out)?;
     }
     Ok(())

@@ -11,11 +11,7 @@ use blipserve::device::Device;
 use blipserve::model::{ImageLimits, LoadOptions};
 
 #[derive(Parser)]
-#[command(
-    name = "blipserve",
-    version,
-    about = "Pet-behaviour questions about camera frames, answered by BLIP VQA"
-)]
+#[command(name = "blipserve", version, about = "Pet-behaviour questions about camera frames, answered by BLIP VQA")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -47,11 +43,7 @@ pub struct ModelArgs {
     pub neuron_lib: Option<PathBuf>,
 
     /// Extra TorchScript operator library to load globally before the model (repeatable).
-    #[arg(
-        long = "op-library",
-        env = "BLIPSERVE_OP_LIBRARIES",
-        value_delimiter = ','
-    )]
+    #[arg(long = "op-library", env = "BLIPSERVE_OP_LIBRARIES", value_delimiter = ',')]
     pub op_libraries: Vec<PathBuf>,
 
     /// Largest accepted image side, in pixels.
@@ -88,9 +80,7 @@ impl ModelArgs {
 pub fn run() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
         .with_writer(std::io::stderr)
         .init();
     let result = match cli.command {

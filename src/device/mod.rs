@@ -85,10 +85,7 @@ impl Device {
         if let Device::Cuda(n) = self {
             let visible = tch::Cuda::device_count().max(0) as usize;
             if n >= visible {
-                return Err(DeviceError::CudaUnavailable {
-                    device: self,
-                    visible,
-                });
+                return Err(DeviceError::CudaUnavailable { device: self, visible });
             }
         }
         Ok(())
@@ -100,16 +97,9 @@ impl Device {
 /// Operator libraries the module needs must have been loaded first ([`load_op_library`]); a
 /// missing one is reported with the operator's name and what provides it.
 pub fn load_module(path: &Path, device: Device) -> Result<tch::CModule, DeviceError> {
-    let mut module = tch::CModule::load_on_device(path, device.tensor_device()).map_err(|e| {
-        DeviceError::Load {
-            path: path.to_path_buf(),
-            message: explain_load_error(&e.to_string()),
-        }
-    })?;
-    module.f_set_eval().map_err(|e| DeviceError::Load {
-        path: path.to_path_buf(),
-        message: e.to_string(),
-    })?;
+    let mut module = tch::CModule::load_on_device(path, device.tensor_device())
+        .map_err(|e| DeviceError::Load { path: path.to_path_buf(), message: explain_load_error(&e.to_string()) })?;
+    module.f_set_eval().map_err(|e| DeviceError::Load { path: path.to_path_buf(), message: e.to_string() })?;
     Ok(module)
 }
 
@@ -119,10 +109,7 @@ fn explain_load_error(message: &str) -> String {
     let Some(rest) = message.split("Unknown builtin op: ").nth(1) else {
         return first_line.to_string();
     };
-    let op: String = rest
-        .chars()
-        .take_while(|c| !c.is_whitespace() && *c != '.')
-        .collect();
+    let op: String = rest.chars().take_while(|c| !c.is_whitespace() && *c != '.').collect();
     let remedy = if op.starts_with("neuron::") {
         "this is a Neuron artifact: run with --device neuron (which loads libtorchneuron.so from \
          --neuron-lib, BLIPSERVE_NEURON_LIB or a Python environment with torch-neuronx)"

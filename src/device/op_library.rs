@@ -35,29 +35,19 @@ static LOADED: Mutex<Option<HashSet<PathBuf>>> = Mutex::new(None);
 
 /// Loads `path` globally (idempotent per canonical path).
 pub fn load_op_library(path: &Path) -> Result<PathBuf, OpLibraryError> {
-    let canonical = path
-        .canonicalize()
-        .map_err(|_| OpLibraryError::Missing(path.to_path_buf()))?;
-    let mut loaded = LOADED
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let canonical = path.canonicalize().map_err(|_| OpLibraryError::Missing(path.to_path_buf()))?;
+    let mut loaded = LOADED.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     let loaded = loaded.get_or_insert_with(HashSet::new);
     if loaded.contains(&canonical) {
         return Ok(canonical);
     }
-    let c_path =
-        CString::new(canonical.as_os_str().as_bytes()).map_err(|_| OpLibraryError::Dlopen {
-            path: canonical.clone(),
-            message: "path contains a NUL byte".into(),
-        })?;
+    let c_path = CString::new(canonical.as_os_str().as_bytes())
+        .map_err(|_| OpLibraryError::Dlopen { path: canonical.clone(), message: "path contains a NUL byte".into() })?;
     // SAFETY: dlopen with a valid NUL-terminated path; the handle is deliberately leaked so the
     // library (and the operators it registered) stays loaded for the life of the process.
     let handle = unsafe { libc::dlopen(c_path.as_ptr(), libc::RTLD_NOW | libc::RTLD_GLOBAL) };
     if handle.is_null() {
-        return Err(OpLibraryError::Dlopen {
-            path: canonical,
-            message: dlerror(),
-        });
+        return Err(OpLibraryError::Dlopen { path: canonical, message: dlerror() });
     }
     tracing::info!(library = %canonical.display(), "operator library loaded");
     loaded.insert(canonical.clone());
@@ -71,9 +61,7 @@ fn dlerror() -> String {
         "unknown dlopen error".into()
     } else {
         // SAFETY: non-null, NUL-terminated, valid until the next dl* call on this thread.
-        unsafe { CStr::from_ptr(msg) }
-            .to_string_lossy()
-            .into_owned()
+        unsafe { CStr::from_ptr(msg) }.to_string_lossy().into_owned()
     }
 }
 
@@ -92,11 +80,7 @@ pub fn load_neuron_runtime() -> Result<(), OpLibraryError> {
 /// AMI environments under /opt).
 pub fn find_neuron_library(explicit: Option<&Path>) -> Result<PathBuf, OpLibraryError> {
     if let Some(path) = explicit {
-        return if path.exists() {
-            Ok(path.to_path_buf())
-        } else {
-            Err(OpLibraryError::Missing(path.into()))
-        };
+        return if path.exists() { Ok(path.to_path_buf()) } else { Err(OpLibraryError::Missing(path.into())) };
     }
     let mut tried = Vec::new();
     for python in candidate_pythons() {
@@ -179,8 +163,7 @@ mod tests {
 
     #[test]
     fn explicit_neuron_library_must_exist() {
-        let err =
-            find_neuron_library(Some(Path::new("/nonexistent/libtorchneuron.so"))).unwrap_err();
+        let err = find_neuron_library(Some(Path::new("/nonexistent/libtorchneuron.so"))).unwrap_err();
         assert!(matches!(err, OpLibraryError::Missing(_)), "{err}");
     }
 }

@@ -105,9 +105,8 @@ impl Manifest {
         let path = dir.join(MANIFEST_FILE);
         let text = std::fs::read_to_string(&path)
             .map_err(|e| LoadError::Manifest(format!("cannot read {}: {e}", path.display())))?;
-        let manifest: Manifest = serde_json::from_str(&text).map_err(|e| {
-            LoadError::Manifest(format!("{} is not a valid manifest: {e}", path.display()))
-        })?;
+        let manifest: Manifest = serde_json::from_str(&text)
+            .map_err(|e| LoadError::Manifest(format!("{} is not a valid manifest: {e}", path.display())))?;
         if manifest.format != SUPPORTED_FORMAT {
             return Err(LoadError::Manifest(format!(
                 "manifest format {} is not supported (this build reads format {SUPPORTED_FORMAT})",
@@ -121,9 +120,7 @@ impl Manifest {
             )));
         }
         if manifest.preprocess.std.iter().any(|s| *s <= 0.0) || manifest.preprocess.rescale <= 0.0 {
-            return Err(LoadError::Manifest(
-                "preprocess.std and rescale must be positive".into(),
-            ));
+            return Err(LoadError::Manifest("preprocess.std and rescale must be positive".into()));
         }
         Ok(manifest)
     }
@@ -134,9 +131,7 @@ impl Manifest {
             "float32" => Ok(tch::Kind::Float),
             "float16" => Ok(tch::Kind::Half),
             "bfloat16" => Ok(tch::Kind::BFloat16),
-            other => Err(LoadError::Manifest(format!(
-                "dtype {other:?} is not supported"
-            ))),
+            other => Err(LoadError::Manifest(format!("dtype {other:?} is not supported"))),
         }
     }
 
@@ -155,9 +150,7 @@ impl Manifest {
         let fixed = |what: &str, d: Option<i64>| -> Result<usize, LoadError> {
             match d {
                 Some(n) if n > 0 => Ok(n as usize),
-                _ => Err(LoadError::Manifest(format!(
-                    "{what} must be a fixed positive size, got {d:?}"
-                ))),
+                _ => Err(LoadError::Manifest(format!("{what} must be a fixed positive size, got {d:?}"))),
             }
         };
         let dim = |d: Option<i64>| d.map(|n| n as usize);
@@ -166,10 +159,7 @@ impl Manifest {
             question_batch: dim(ids[0]),
             question_len: dim(ids[1]),
             decoder_len: dim(dec_ids[1]),
-            image_size: (
-                fixed("pixel_values height", pixels[2])?,
-                fixed("pixel_values width", pixels[3])?,
-            ),
+            image_size: (fixed("pixel_values height", pixels[2])?, fixed("pixel_values width", pixels[3])?),
             image_tokens: fixed("image_embeds tokens", image_embeds[1])?,
             vision_hidden: fixed("image_embeds hidden size", image_embeds[2])?,
             text_hidden: fixed("question_embeds hidden size", question_embeds[2])?,
@@ -188,9 +178,7 @@ impl Manifest {
             return mismatch("text encoder's image_embeds differ from the image encoder's output");
         }
         if dec_question[1..] != question_embeds[1..] || dec_question[0] != question_embeds[0] {
-            return mismatch(
-                "text decoder's question_embeds differ from the text encoder's output",
-            );
+            return mismatch("text decoder's question_embeds differ from the text encoder's output");
         }
         if dec_ids[0] != ids[0] {
             return mismatch("text encoder and decoder batch sizes differ");
@@ -198,22 +186,12 @@ impl Manifest {
         if enc_image[0] != ids[0] {
             return mismatch("text encoder's image_embeds batch differs from its input_ids batch");
         }
-        let fixed_dims = [
-            shapes.image_batch,
-            shapes.question_batch,
-            shapes.question_len,
-            shapes.decoder_len,
-        ];
+        let fixed_dims = [shapes.image_batch, shapes.question_batch, shapes.question_len, shapes.decoder_len];
         if self.static_shapes != fixed_dims.iter().all(Option::is_some) {
-            return mismatch(
-                "static_shapes does not match the parts' batch and sequence dimensions",
-            );
+            return mismatch("static_shapes does not match the parts' batch and sequence dimensions");
         }
         let t = self.tokens;
-        let max_id = [t.pad, t.cls, t.sep, t.dec, t.yes, t.no]
-            .into_iter()
-            .max()
-            .unwrap_or(0);
+        let max_id = [t.pad, t.cls, t.sep, t.dec, t.yes, t.no].into_iter().max().unwrap_or(0);
         if max_id < 0 || max_id as usize >= shapes.vocab {
             return mismatch("a special token id is outside the decoder's vocabulary");
         }
@@ -222,14 +200,8 @@ impl Manifest {
                 return mismatch("generate.max_length exceeds the fixed decoder length");
             }
         }
-        if shapes
-            .question_len
-            .is_some_and(|lq| self.max_question_len > lq)
-            || self.max_question_len < 3
-        {
-            return mismatch(
-                "max_question_len must be at least 3 and fit the fixed question length",
-            );
+        if shapes.question_len.is_some_and(|lq| self.max_question_len > lq) || self.max_question_len < 3 {
+            return mismatch("max_question_len must be at least 3 and fit the fixed question length");
         }
         if self.generate.max_length < 2 {
             return mismatch("generate.max_length must allow at least one answer token");
@@ -238,12 +210,7 @@ impl Manifest {
     }
 }
 
-fn find<'a>(
-    list: &'a [TensorSpec],
-    part: &str,
-    name: &str,
-    kind: &str,
-) -> Result<&'a TensorSpec, LoadError> {
+fn find<'a>(list: &'a [TensorSpec], part: &str, name: &str, kind: &str) -> Result<&'a TensorSpec, LoadError> {
     list.iter()
         .find(|t| t.name == name)
         .ok_or_else(|| LoadError::Manifest(format!("{part} has no {kind} named {name:?}")))
@@ -251,11 +218,7 @@ fn find<'a>(
 
 fn ranked(spec: &TensorSpec, rank: usize) -> Result<&[Option<i64>], LoadError> {
     if spec.shape.len() != rank {
-        return Err(LoadError::Manifest(format!(
-            "{} has rank {}, expected {rank}",
-            spec.name,
-            spec.shape.len()
-        )));
+        return Err(LoadError::Manifest(format!("{} has rank {}, expected {rank}", spec.name, spec.shape.len())));
     }
     Ok(&spec.shape)
 }

@@ -151,20 +151,10 @@ impl Model {
     /// A blank frame and a short question through every part, in both answer modes.
     fn self_check(&self) -> Result<(), InferenceError> {
         let (h, w) = self.shapes.image_size;
-        let blank = RgbImage {
-            width: w as u32,
-            height: h as u32,
-            data: vec![128; h * w * 3],
-        };
+        let blank = RgbImage { width: w as u32, height: h as u32, data: vec![128; h * w * 3] };
         let pixels = self.preprocessor.normalize(&blank);
-        let question = self
-            .tokenizer
-            .encode("is this a test?")
-            .map_err(InferenceError::SelfCheck)?;
-        let frame = [FrameQuestions {
-            pixels: &pixels,
-            questions: std::slice::from_ref(&question),
-        }];
+        let question = self.tokenizer.encode("is this a test?").map_err(InferenceError::SelfCheck)?;
+        let frame = [FrameQuestions { pixels: &pixels, questions: std::slice::from_ref(&question) }];
         self.answer(&frame, AnswerMode::YesNo)?;
         self.answer(&frame, AnswerMode::Generate { max_new_tokens: 1 })?;
         Ok(())
@@ -181,11 +171,7 @@ fn check_files(dir: &Path) -> Result<(), LoadError> {
         // Part files are named by the manifest.
         let manifest = Manifest::read(dir)?;
         let p = &manifest.parts;
-        for file in [
-            &p.image_encoder.file,
-            &p.text_encoder.file,
-            &p.text_decoder.file,
-        ] {
+        for file in [&p.image_encoder.file, &p.text_encoder.file, &p.text_decoder.file] {
             if !dir.join(file).is_file() {
                 missing.push(file.clone());
             }
@@ -194,28 +180,20 @@ fn check_files(dir: &Path) -> Result<(), LoadError> {
     if missing.is_empty() {
         Ok(())
     } else {
-        Err(LoadError::MissingFiles {
-            dir: dir.to_path_buf(),
-            missing,
-        })
+        Err(LoadError::MissingFiles { dir: dir.to_path_buf(), missing })
     }
 }
 
 /// CPU artifacts also run on CUDA (weights move with the module); Neuron artifacts run only on
 /// Neuron, and CUDA artifacts only on CUDA.
 fn check_target(manifest: &Manifest, device: Device) -> Result<(), LoadError> {
-    let ok = match (manifest.target.as_str(), device) {
-        ("cpu", Device::Cpu | Device::Cuda(_)) => true,
-        ("cuda", Device::Cuda(_)) => true,
-        ("neuron", Device::Neuron) => true,
-        _ => false,
-    };
+    let ok = matches!(
+        (manifest.target.as_str(), device),
+        ("cpu", Device::Cpu | Device::Cuda(_)) | ("cuda", Device::Cuda(_)) | ("neuron", Device::Neuron)
+    );
     if ok {
         Ok(())
     } else {
-        Err(LoadError::Target {
-            target: manifest.target.clone(),
-            device,
-        })
+        Err(LoadError::Target { target: manifest.target.clone(), device })
     }
 }

@@ -49,11 +49,7 @@ pub struct Answer {
 #[derive(Debug, thiserror::Error)]
 pub enum InferenceError {
     #[error("{part}: expected output shape {expected:?}, got {got:?}")]
-    Shape {
-        part: &'static str,
-        expected: Vec<i64>,
-        got: Vec<i64>,
-    },
+    Shape { part: &'static str, expected: Vec<i64>, got: Vec<i64> },
     #[error("frame pixels have shape {got:?}; the model takes {expected:?}")]
     PixelShape { expected: Vec<i64>, got: Vec<i64> },
     #[error("at most {max} new tokens can be generated with this model, {requested} requested")]
@@ -68,18 +64,11 @@ pub enum InferenceError {
 
 impl Model {
     /// Answers every question of every frame. The result has one vector per frame, in order.
-    pub fn answer(
-        &self,
-        frames: &[FrameQuestions<'_>],
-        mode: AnswerMode,
-    ) -> Result<Vec<Vec<Answer>>, InferenceError> {
+    pub fn answer(&self, frames: &[FrameQuestions<'_>], mode: AnswerMode) -> Result<Vec<Vec<Answer>>, InferenceError> {
         let _no_grad = tch::no_grad_guard();
         if let AnswerMode::Generate { max_new_tokens } = mode {
             if max_new_tokens == 0 || max_new_tokens > self.max_new_tokens() {
-                return Err(InferenceError::MaxNewTokens {
-                    requested: max_new_tokens,
-                    max: self.max_new_tokens(),
-                });
+                return Err(InferenceError::MaxNewTokens { requested: max_new_tokens, max: self.max_new_tokens() });
             }
         }
         let rows: Vec<Row<'_>> = frames
@@ -87,10 +76,7 @@ impl Model {
             .enumerate()
             .flat_map(|(f, fq)| fq.questions.iter().enumerate().map(move |(i, q)| (f, i, q)))
             .collect();
-        let mut answers: Vec<Vec<Option<Answer>>> = frames
-            .iter()
-            .map(|f| vec![None; f.questions.len()])
-            .collect();
+        let mut answers: Vec<Vec<Option<Answer>>> = frames.iter().map(|f| vec![None; f.questions.len()]).collect();
         if rows.is_empty() {
             return Ok(frames.iter().map(|_| Vec::new()).collect());
         }
@@ -109,18 +95,13 @@ impl Model {
             let encoded = self.encode_questions(&image_embeds, &group)?;
             let group_answers = match mode {
                 AnswerMode::YesNo => self.yes_no(&encoded, group.len())?,
-                AnswerMode::Generate { max_new_tokens } => {
-                    self.generate(&encoded, group.len(), max_new_tokens)?
-                }
+                AnswerMode::Generate { max_new_tokens } => self.generate(&encoded, group.len(), max_new_tokens)?,
             };
             for ((frame, index, _), answer) in group.iter().zip(group_answers) {
                 answers[*frame][*index] = Some(answer);
             }
         }
-        Ok(answers
-            .into_iter()
-            .map(|f| f.into_iter().flatten().collect())
-            .collect())
+        Ok(answers.into_iter().map(|f| f.into_iter().flatten().collect()).collect())
     }
 
     /// Splits the questions into text-encoder batches: the fixed batch size, or all at once.
@@ -151,10 +132,7 @@ impl Model {
         let expected = vec![3, h as i64, w as i64];
         for p in frames {
             if p.0.size() != expected {
-                return Err(InferenceError::PixelShape {
-                    expected,
-                    got: p.0.size(),
-                });
+                return Err(InferenceError::PixelShape { expected, got: p.0.size() });
             }
         }
         let chunk = self.shapes.image_batch.unwrap_or(frames.len());
@@ -163,15 +141,9 @@ impl Model {
         for group in frames.chunks(chunk) {
             let mut batch: Vec<&Tensor> = group.iter().map(|p| &p.0).collect();
             batch.resize(chunk, &filler);
-            let input = Tensor::f_stack(&batch, 0)?
-                .f_to_device(self.tensor_device())?
-                .f_to_kind(self.kind)?;
+            let input = Tensor::f_stack(&batch, 0)?.f_to_device(self.tensor_device())?.f_to_kind(self.kind)?;
             let embeds = self.image_encoder.forward_ts(&[input])?;
-            let expected = [
-                chunk as i64,
-                self.shapes.image_tokens as i64,
-                self.shapes.vision_hidden as i64,
-            ];
+            let expected = [chunk as i64, self.shapes.image_tokens as i64, self.shapes.vision_hidden as i64];
             check_shape("image_encoder", &embeds, &expected)?;
             outputs.push(embeds.f_narrow(0, 0, group.len() as i64)?);
         }
@@ -180,17 +152,11 @@ impl Model {
 
     /// Runs the text encoder over one group of questions, padded to the group's (or the fixed)
     /// batch and length.
-    fn encode_questions(
-        &self,
-        image_embeds: &Tensor,
-        group: &[Row<'_>],
-    ) -> Result<Encoded, InferenceError> {
+    fn encode_questions(&self, image_embeds: &Tensor, group: &[Row<'_>]) -> Result<Encoded, InferenceError> {
         let t = self.manifest.tokens;
         let batch = self.shapes.question_batch.unwrap_or(group.len());
-        let width = self
-            .shapes
-            .question_len
-            .unwrap_or_else(|| group.iter().map(|(_, _, q)| q.ids.len()).max().unwrap_or(2));
+        let width =
+            self.shapes.question_len.unwrap_or_else(|| group.iter().map(|(_, _, q)| q.ids.len()).max().unwrap_or(2));
         let filler = [t.cls, t.sep];
         let mut ids = vec![t.pad; batch * width];
         let mut mask = vec![0i64; batch * width];
@@ -211,28 +177,15 @@ impl Model {
         let mask = matrix(&mask, batch, width, dev)?;
         let rows = Tensor::from_slice(&frame_of_row).f_to_device(dev)?;
         let images = image_embeds.f_index_select(0, &rows)?;
-        let image_mask = Tensor::f_ones(
-            [batch as i64, self.shapes.image_tokens as i64],
-            (Kind::Int64, dev),
-        )?;
-        let embeds = self
-            .text_encoder
-            .forward_ts(&[&ids, &mask, &images, &image_mask])?;
-        check_shape(
-            "text_encoder",
-            &embeds,
-            &[batch as i64, width as i64, self.shapes.text_hidden as i64],
-        )?;
+        let image_mask = Tensor::f_ones([batch as i64, self.shapes.image_tokens as i64], (Kind::Int64, dev))?;
+        let embeds = self.text_encoder.forward_ts(&[&ids, &mask, &images, &image_mask])?;
+        check_shape("text_encoder", &embeds, &[batch as i64, width as i64, self.shapes.text_hidden as i64])?;
         Ok(Encoded { embeds, mask })
     }
 
     /// Runs the decoder on `prefixes` (one per row of `encoded`, all the same length), padded to
     /// the fixed decoder length when there is one; returns the logits at the last prefix position.
-    fn decoder_step(
-        &self,
-        encoded: &Encoded,
-        prefixes: &[Vec<i64>],
-    ) -> Result<Tensor, InferenceError> {
+    fn decoder_step(&self, encoded: &Encoded, prefixes: &[Vec<i64>]) -> Result<Tensor, InferenceError> {
         let rows = prefixes.len();
         let len = prefixes.first().map_or(0, Vec::len);
         let width = self.shapes.decoder_len.unwrap_or(len);
@@ -245,17 +198,9 @@ impl Model {
         let dev = self.tensor_device();
         let ids = matrix(&ids, rows, width, dev)?;
         let mask = matrix(&mask, rows, width, dev)?;
-        let logits =
-            self.text_decoder
-                .forward_ts(&[&ids, &mask, &encoded.embeds, &encoded.mask])?;
-        check_shape(
-            "text_decoder",
-            &logits,
-            &[rows as i64, width as i64, self.shapes.vocab as i64],
-        )?;
-        Ok(logits
-            .f_select(1, len as i64 - 1)?
-            .f_to_kind(Kind::Double)?)
+        let logits = self.text_decoder.forward_ts(&[&ids, &mask, &encoded.embeds, &encoded.mask])?;
+        check_shape("text_decoder", &logits, &[rows as i64, width as i64, self.shapes.vocab as i64])?;
+        Ok(logits.f_select(1, len as i64 - 1)?.f_to_kind(Kind::Double)?)
     }
 
     fn yes_no(&self, encoded: &Encoded, real: usize) -> Result<Vec<Answer>, InferenceError> {
@@ -263,17 +208,10 @@ impl Model {
         let rows = encoded.embeds.size()[0] as usize;
         let logits = self.decoder_step(encoded, &vec![vec![t.dec]; rows])?;
         let pair = Tensor::from_slice(&[t.yes, t.no]).f_to_device(self.tensor_device())?;
-        let probs = logits
-            .f_softmax(-1, Kind::Double)?
-            .f_index_select(1, &pair)?;
+        let probs = logits.f_softmax(-1, Kind::Double)?.f_index_select(1, &pair)?;
         let pair_logits = logits.f_index_select(1, &pair)?;
-        let pair_logits: Vec<f64> = Vec::try_from(
-            pair_logits
-                .f_to_device(tch::Device::Cpu)?
-                .f_flatten(0, -1)?,
-        )?;
-        let probs: Vec<f64> =
-            Vec::try_from(probs.f_to_device(tch::Device::Cpu)?.f_flatten(0, -1)?)?;
+        let pair_logits: Vec<f64> = Vec::try_from(pair_logits.f_to_device(tch::Device::Cpu)?.f_flatten(0, -1)?)?;
+        let probs: Vec<f64> = Vec::try_from(probs.f_to_device(tch::Device::Cpu)?.f_flatten(0, -1)?)?;
         Ok((0..real)
             .map(|r| {
                 let (l_yes, l_no) = (pair_logits[2 * r], pair_logits[2 * r + 1]);
@@ -291,12 +229,7 @@ impl Model {
 
     /// Greedy decoding without a key/value cache: each step re-runs the decoder over the prefix,
     /// which keeps every part a pure function of fixed-shape inputs (what Neuron needs).
-    fn generate(
-        &self,
-        encoded: &Encoded,
-        real: usize,
-        max_new_tokens: usize,
-    ) -> Result<Vec<Answer>, InferenceError> {
+    fn generate(&self, encoded: &Encoded, real: usize, max_new_tokens: usize) -> Result<Vec<Answer>, InferenceError> {
         let t = self.manifest.tokens;
         let rows = encoded.embeds.size()[0] as usize;
         let fixed_batch = self.shapes.question_batch.is_some();
@@ -309,14 +242,10 @@ impl Model {
             }
             // Dynamic batch: only unfinished rows. Fixed batch: every row (finished rows idle).
             let (call_rows, logits) = if fixed_batch || active.len() == rows {
-                (
-                    (0..rows).collect::<Vec<_>>(),
-                    self.decoder_step(encoded, &seqs)?,
-                )
+                ((0..rows).collect::<Vec<_>>(), self.decoder_step(encoded, &seqs)?)
             } else {
-                let index =
-                    Tensor::from_slice(&active.iter().map(|&r| r as i64).collect::<Vec<_>>())
-                        .f_to_device(self.tensor_device())?;
+                let index = Tensor::from_slice(&active.iter().map(|&r| r as i64).collect::<Vec<_>>())
+                    .f_to_device(self.tensor_device())?;
                 let subset = Encoded {
                     embeds: encoded.embeds.f_index_select(0, &index)?,
                     mask: encoded.mask.f_index_select(0, &index)?,
@@ -324,8 +253,7 @@ impl Model {
                 let prefixes: Vec<Vec<i64>> = active.iter().map(|&r| seqs[r].clone()).collect();
                 (active.clone(), self.decoder_step(&subset, &prefixes)?)
             };
-            let next: Vec<i64> =
-                Vec::try_from(logits.f_argmax(-1, false)?.f_to_device(tch::Device::Cpu)?)?;
+            let next: Vec<i64> = Vec::try_from(logits.f_argmax(-1, false)?.f_to_device(tch::Device::Cpu)?)?;
             for (k, &r) in call_rows.iter().enumerate() {
                 if done[r] {
                     continue;
@@ -372,25 +300,14 @@ struct Encoded {
     mask: Tensor,
 }
 
-fn matrix(
-    data: &[i64],
-    rows: usize,
-    cols: usize,
-    device: tch::Device,
-) -> Result<Tensor, InferenceError> {
-    Ok(Tensor::from_slice(data)
-        .f_view([rows as i64, cols as i64])?
-        .f_to_device(device)?)
+fn matrix(data: &[i64], rows: usize, cols: usize, device: tch::Device) -> Result<Tensor, InferenceError> {
+    Ok(Tensor::from_slice(data).f_view([rows as i64, cols as i64])?.f_to_device(device)?)
 }
 
 fn check_shape(part: &'static str, t: &Tensor, expected: &[i64]) -> Result<(), InferenceError> {
     let got = t.size();
     if got != expected {
-        return Err(InferenceError::Shape {
-            part,
-            expected: expected.to_vec(),
-            got,
-        });
+        return Err(InferenceError::Shape { part, expected: expected.to_vec(), got });
     }
     Ok(())
 }

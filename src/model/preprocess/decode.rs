@@ -22,11 +22,7 @@ pub struct ImageLimits {
 impl Default for ImageLimits {
     /// Room for 8K frames (7680×4320), well past the 4K cameras ship today.
     fn default() -> Self {
-        ImageLimits {
-            max_width: 8192,
-            max_height: 8192,
-            max_pixels: 7680 * 4320,
-        }
+        ImageLimits { max_width: 8192, max_height: 8192, max_pixels: 7680 * 4320 }
     }
 }
 
@@ -45,21 +41,10 @@ pub enum ImageError {
     Empty,
     #[error("unsupported image format ({0}); send JPEG, PNG or WebP")]
     UnsupportedFormat(String),
-    #[error(
-        "image is {width}×{height}; the limit is {max_width}×{max_height} and {max_pixels} pixels"
-    )]
-    TooLarge {
-        width: u64,
-        height: u64,
-        max_width: u32,
-        max_height: u32,
-        max_pixels: u64,
-    },
+    #[error("image is {width}×{height}; the limit is {max_width}×{max_height} and {max_pixels} pixels")]
+    TooLarge { width: u64, height: u64, max_width: u32, max_height: u32, max_pixels: u64 },
     #[error("corrupt {format:?} image: {message}")]
-    Corrupt {
-        format: ImageFormat,
-        message: String,
-    },
+    Corrupt { format: ImageFormat, message: String },
 }
 
 /// Recognises the container from its magic bytes; the client's content type is not trusted.
@@ -96,10 +81,7 @@ fn check_limits(width: u64, height: u64, limits: &ImageLimits) -> Result<(), Ima
             max_pixels: limits.max_pixels,
         });
     }
-    if width > limits.max_width as u64
-        || height > limits.max_height as u64
-        || width * height > limits.max_pixels
-    {
+    if width > limits.max_width as u64 || height > limits.max_height as u64 || width * height > limits.max_pixels {
         return Err(ImageError::TooLarge {
             width,
             height,
@@ -120,17 +102,11 @@ pub fn decode(bytes: &[u8], limits: &ImageLimits) -> Result<RgbImage, ImageError
 }
 
 fn decode_jpeg(bytes: &[u8], limits: &ImageLimits) -> Result<RgbImage, ImageError> {
-    let corrupt = |e: turbojpeg::Error| ImageError::Corrupt {
-        format: ImageFormat::Jpeg,
-        message: e.to_string(),
-    };
+    let corrupt = |e: turbojpeg::Error| ImageError::Corrupt { format: ImageFormat::Jpeg, message: e.to_string() };
     let mut decompressor = turbojpeg::Decompressor::new().map_err(corrupt)?;
     let header = decompressor.read_header(bytes).map_err(corrupt)?;
     check_limits(header.width as u64, header.height as u64, limits)?;
-    if matches!(
-        header.colorspace,
-        turbojpeg::Colorspace::CMYK | turbojpeg::Colorspace::YCCK
-    ) {
+    if matches!(header.colorspace, turbojpeg::Colorspace::CMYK | turbojpeg::Colorspace::YCCK) {
         return Err(ImageError::UnsupportedFormat("CMYK JPEG".into()));
     }
     // A progressive JPEG with thousands of scans costs CPU out of proportion to its size.
@@ -144,21 +120,11 @@ fn decode_jpeg(bytes: &[u8], limits: &ImageLimits) -> Result<RgbImage, ImageErro
         format: turbojpeg::PixelFormat::RGB,
     };
     // Like Pillow (without LOAD_TRUNCATED_IMAGES), a truncated file is an error, not a grey band.
-    decompressor
-        .decompress(bytes, image.as_deref_mut())
-        .map_err(corrupt)?;
-    Ok(RgbImage {
-        width: width as u32,
-        height: height as u32,
-        data: image.pixels,
-    })
+    decompressor.decompress(bytes, image.as_deref_mut()).map_err(corrupt)?;
+    Ok(RgbImage { width: width as u32, height: height as u32, data: image.pixels })
 }
 
-fn decode_with_image_crate(
-    bytes: &[u8],
-    format: ImageFormat,
-    limits: &ImageLimits,
-) -> Result<RgbImage, ImageError> {
+fn decode_with_image_crate(bytes: &[u8], format: ImageFormat, limits: &ImageLimits) -> Result<RgbImage, ImageError> {
     let crate_format = match format {
         ImageFormat::Png => image::ImageFormat::Png,
         ImageFormat::WebP => image::ImageFormat::WebP,
@@ -167,14 +133,8 @@ fn decode_with_image_crate(
         ImageFormat::Jpeg => unreachable!("JPEG is decoded by libjpeg-turbo"),
     };
     let corrupt = |e: image::ImageError| match e {
-        image::ImageError::Limits(l) => ImageError::Corrupt {
-            format: format.clone(),
-            message: format!("{l}"),
-        },
-        other => ImageError::Corrupt {
-            format: format.clone(),
-            message: other.to_string(),
-        },
+        image::ImageError::Limits(l) => ImageError::Corrupt { format: format.clone(), message: format!("{l}") },
+        other => ImageError::Corrupt { format: format.clone(), message: other.to_string() },
     };
     let mut reader = image::ImageReader::with_format(Cursor::new(bytes), crate_format);
     let mut crate_limits = image::Limits::default();
@@ -199,11 +159,7 @@ fn decode_with_image_crate(
     reader.limits(crate_limits);
     let decoded = reader.decode().map_err(corrupt)?;
     let rgb = to_rgb_like_pil(decoded);
-    Ok(RgbImage {
-        width: rgb.width(),
-        height: rgb.height(),
-        data: rgb.into_raw(),
-    })
+    Ok(RgbImage { width: rgb.width(), height: rgb.height(), data: rgb.into_raw() })
 }
 
 /// PIL reads 16-bit RGB(A) PNGs by keeping each sample's high byte; the image crate would round.
@@ -218,11 +174,7 @@ fn to_rgb_like_pil(img: image::DynamicImage) -> image::RgbImage {
         D::ImageRgba16(buf) => {
             let (w, h) = buf.dimensions();
             let raw = buf.into_raw();
-            let data = raw
-                .chunks_exact(4)
-                .flat_map(|p| [p[0], p[1], p[2]])
-                .map(|v| (v >> 8) as u8)
-                .collect();
+            let data = raw.chunks_exact(4).flat_map(|p| [p[0], p[1], p[2]]).map(|v| (v >> 8) as u8).collect();
             image::RgbImage::from_raw(w, h, data).expect("3 samples per pixel")
         }
         other => other.to_rgb8(),
@@ -239,13 +191,8 @@ mod tests {
         assert_eq!(sniff(b"\x89PNG\r\n\x1a\n...."), Ok(ImageFormat::Png));
         assert_eq!(sniff(b"RIFF\0\0\0\0WEBPVP8 "), Ok(ImageFormat::WebP));
         assert_eq!(sniff(b""), Err(ImageError::Empty));
-        assert!(
-            matches!(sniff(b"II*\0rest"), Err(ImageError::UnsupportedFormat(f)) if f == "TIFF")
-        );
-        assert!(matches!(
-            sniff(b"hello"),
-            Err(ImageError::UnsupportedFormat(_))
-        ));
+        assert!(matches!(sniff(b"II*\0rest"), Err(ImageError::UnsupportedFormat(f)) if f == "TIFF"));
+        assert!(matches!(sniff(b"hello"), Err(ImageError::UnsupportedFormat(_))));
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //!
 //! Pillow resamples with a separable convolution: Keys' cubic (a = −0.5) whose support widens
 //! with the downscale factor, coefficients normalised to sum 1 and then held in 22-bit fixed
-//! point, horizontal pass first (only over the rows the vertical pass reads), each pass rounding
+//! point, one pass per axis (their order depends on the shapes, see [`resize_bicubic`]), each pass rounding
 //! and clipping to 8 bits. Every one of those steps shows up in the output, so each is mirrored
 //! here; the parity tests compare against Pillow itself.
 
@@ -60,11 +60,7 @@ impl Taps {
             for x in 0..n {
                 let w = if total != 0.0 { k[x] / total } else { k[x] };
                 let scaled = w * (1u32 << PRECISION_BITS) as f64;
-                row[x] = if w < 0.0 {
-                    (scaled - 0.5) as i32
-                } else {
-                    (scaled + 0.5) as i32
-                };
+                row[x] = if w < 0.0 { (scaled - 0.5) as i32 } else { (scaled + 0.5) as i32 };
             }
             taps.start.push(lo);
             taps.count.push(n);
@@ -85,72 +81,86 @@ fn clip8(acc: i32) -> u8 {
 const HALF: i32 = 1 << (PRECISION_BITS - 1);
 
 /// Resizes an RGB image to `width`×`height` exactly as Pillow's bicubic filter does.
+///
+/// Pass order follows Pillow 13: vertical first when the height shrinks by more than twice as
+/// many pixels as the width does, otherwise horizontal first (over only the rows the vertical
+/// pass reads). The order changes the 8-bit intermediate, so it matters.
 pub fn resize_bicubic(src: &RgbImage, width: u32, height: u32) -> RgbImage {
-    let (in_w, in_h) = (src.width as usize, src.height as usize);
-    let (out_w, out_h) = (width as usize, height as usize);
-    if (in_w, in_h) == (out_w, out_h) {
+    let (in_w, in_h) = (src.width, src.height);
+    if (in_w, in_h) == (width, height) {
         return src.clone();
     }
-    let vertical = Taps::new(in_h, out_h);
-    let mut current = src.clone();
-    let mut row_offset = 0;
-
-    if out_w != in_w {
-        let horizontal = Taps::new(in_w, out_w);
-        // Only the rows the vertical pass will read.
-        let first = vertical.start[0];
-        let last = vertical.start[out_h - 1] + vertical.count[out_h - 1];
-        let rows = if out_h != in_h { first..last } else { 0..in_h };
-        row_offset = rows.start;
-        let mut out = vec![0u8; rows.len() * out_w * 3];
-        for (oy, y) in rows.clone().enumerate() {
-            let src_row = &src.data[y * in_w * 3..(y + 1) * in_w * 3];
-            let dst_row = &mut out[oy * out_w * 3..(oy + 1) * out_w * 3];
-            for x in 0..out_w {
-                let k = horizontal.row(x);
-                let base = horizontal.start[x] * 3;
-                let (mut r, mut g, mut b) = (HALF, HALF, HALF);
-                for (j, &w) in k.iter().enumerate() {
-                    let p = base + j * 3;
-                    r += src_row[p] as i32 * w;
-                    g += src_row[p + 1] as i32 * w;
-                    b += src_row[p + 2] as i32 * w;
-                }
-                dst_row[x * 3] = clip8(r);
-                dst_row[x * 3 + 1] = clip8(g);
-                dst_row[x * 3 + 2] = clip8(b);
-            }
-        }
-        current = RgbImage {
-            width: out_w as u32,
-            height: rows.len() as u32,
-            data: out,
-        };
+    let (shrink_w, shrink_h) = (in_w as i64 - width as i64, in_h as i64 - height as i64);
+    if shrink_h > 0 && shrink_h > shrink_w * 2 {
+        let tall = vertical_pass(src, height, None);
+        return horizontal_pass(&tall, width, None);
     }
-
-    if out_h != in_h {
-        let w = current.width as usize;
-        let stride = w * 3;
-        let mut out = vec![0u8; out_h * stride];
-        for y in 0..out_h {
-            let k = vertical.row(y);
-            let start = vertical.start[y] - row_offset;
-            let dst_row = &mut out[y * stride..(y + 1) * stride];
-            for (i, dst) in dst_row.iter_mut().enumerate() {
-                let mut acc = HALF;
-                for (j, &wt) in k.iter().enumerate() {
-                    acc += current.data[(start + j) * stride + i] as i32 * wt;
-                }
-                *dst = clip8(acc);
-            }
-        }
-        current = RgbImage {
-            width: w as u32,
-            height: out_h as u32,
-            data: out,
-        };
+    if width == in_w {
+        return vertical_pass(src, height, None);
     }
-    current
+    if height == in_h {
+        return horizontal_pass(src, width, None);
+    }
+    // Horizontal first, over only the rows the vertical pass will read.
+    let vertical = Taps::new(in_h as usize, height as usize);
+    let first = vertical.start[0];
+    let last = vertical.start[height as usize - 1] + vertical.count[height as usize - 1];
+    let wide = horizontal_pass(src, width, Some(first..last));
+    vertical_pass(&wide, height, Some((&vertical, first)))
+}
+
+/// Resamples each row of `src` (or of `rows` only) to `width` pixels.
+fn horizontal_pass(src: &RgbImage, width: u32, rows: Option<std::ops::Range<usize>>) -> RgbImage {
+    let (in_w, out_w) = (src.width as usize, width as usize);
+    let rows = rows.unwrap_or(0..src.height as usize);
+    let taps = Taps::new(in_w, out_w);
+    let mut out = vec![0u8; rows.len() * out_w * 3];
+    for (oy, y) in rows.clone().enumerate() {
+        let src_row = &src.data[y * in_w * 3..(y + 1) * in_w * 3];
+        let dst_row = &mut out[oy * out_w * 3..(oy + 1) * out_w * 3];
+        for x in 0..out_w {
+            let base = taps.start[x] * 3;
+            let (mut r, mut g, mut b) = (HALF, HALF, HALF);
+            for (j, &w) in taps.row(x).iter().enumerate() {
+                let p = base + j * 3;
+                r += src_row[p] as i32 * w;
+                g += src_row[p + 1] as i32 * w;
+                b += src_row[p + 2] as i32 * w;
+            }
+            dst_row[x * 3] = clip8(r);
+            dst_row[x * 3 + 1] = clip8(g);
+            dst_row[x * 3 + 2] = clip8(b);
+        }
+    }
+    RgbImage { width, height: rows.len() as u32, data: out }
+}
+
+/// Resamples each column of `src` to `height` pixels. `taps` may be precomputed for a taller
+/// source of which `src` holds the rows from `row_offset` on.
+fn vertical_pass(src: &RgbImage, height: u32, taps: Option<(&Taps, usize)>) -> RgbImage {
+    let owned;
+    let (taps, row_offset) = match taps {
+        Some(t) => t,
+        None => {
+            owned = Taps::new(src.height as usize, height as usize);
+            (&owned, 0)
+        }
+    };
+    let stride = src.width as usize * 3;
+    let mut out = vec![0u8; height as usize * stride];
+    for y in 0..height as usize {
+        let k = taps.row(y);
+        let start = taps.start[y] - row_offset;
+        let dst_row = &mut out[y * stride..(y + 1) * stride];
+        for (i, dst) in dst_row.iter_mut().enumerate() {
+            let mut acc = HALF;
+            for (j, &wt) in k.iter().enumerate() {
+                acc += src.data[(start + j) * stride + i] as i32 * wt;
+            }
+            *dst = clip8(acc);
+        }
+    }
+    RgbImage { width: src.width, height, data: out }
 }
 
 #[cfg(test)]
@@ -163,21 +173,14 @@ mod tests {
             let taps = Taps::new(i, o);
             for x in 0..o {
                 let sum: i64 = taps.row(x).iter().map(|&w| w as i64).sum();
-                assert!(
-                    (sum - (1 << PRECISION_BITS)).abs() <= taps.count[x] as i64,
-                    "{i}->{o} @{x}: {sum}"
-                );
+                assert!((sum - (1 << PRECISION_BITS)).abs() <= taps.count[x] as i64, "{i}->{o} @{x}: {sum}");
             }
         }
     }
 
     #[test]
     fn flat_image_stays_flat() {
-        let src = RgbImage {
-            width: 50,
-            height: 30,
-            data: [10u8, 128, 250].repeat(50 * 30),
-        };
+        let src = RgbImage { width: 50, height: 30, data: [10u8, 128, 250].repeat(50 * 30) };
         let out = resize_bicubic(&src, 384, 384);
         assert_eq!((out.width, out.height), (384, 384));
         assert!(out.data.chunks(3).all(|p| p == [10, 128, 250]));
@@ -185,11 +188,7 @@ mod tests {
 
     #[test]
     fn same_size_is_a_copy() {
-        let src = RgbImage {
-            width: 4,
-            height: 4,
-            data: (0..48).collect(),
-        };
+        let src = RgbImage { width: 4, height: 4, data: (0..48).collect() };
         assert_eq!(resize_bicubic(&src, 4, 4), src);
     }
 }

@@ -1,0 +1,124 @@
+//! Shared by the integration tests: where the exported models and the Python reference live,
+//! and synthetic camera frames (generated here, never stored).
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use blipserve::model::RgbImage;
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// An exported model directory; `make test` exports them before the tests run.
+pub fn model_dir(name: &str) -> PathBuf {
+    let dir = repo().join("models").join(name);
+    assert!(dir.join("manifest.json").is_file(), "{} is missing: run `make models` (or `make test`)", dir.display());
+    dir
+}
+
+/// The pinned Python environment (`make python`).
+pub fn python() -> PathBuf {
+    let python = std::env::var_os("BLIPSERVE_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join(".venv").join("bin").join("python"));
+    assert!(python.exists(), "{} is missing: run `make python` (or `make test`)", python.display());
+    python
+}
+
+/// Runs a script of models/ with the pinned Python and parses its JSON output.
+pub fn run_python(args: &[&std::ffi::OsStr]) -> serde_json::Value {
+    let out = Command::new(python()).args(args).current_dir(repo()).output().expect("start python");
+    assert!(out.status.success(), "python {:?} failed:\n{}", args, String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).expect("python printed JSON")
+}
+
+/// A deterministic, photo-like frame: smooth shading, hard-edged objects and sensor noise, so
+/// resampling meets both flat areas and sharp transitions.
+pub fn synthetic_frame(width: u32, height: u32, seed: u32) -> RgbImage {
+    let mut data = Vec::with_capacity((width * height * 3) as usize);
+    let s = seed as f32;
+    for y in 0..height {
+        for x in 0..width {
+            let (fx, fy) = (x as f32 / width as f32, y as f32 / height as f32);
+            let noise = (hash(x, y, seed) % 25) as f32 - 12.0;
+            let mut rgb = [
+                110.0 + 90.0 * (fx * 6.0 + s).sin() + noise,
+                120.0 + 80.0 * (fy * 5.0 - s * 0.5).cos() + noise,
+                100.0 + 70.0 * ((fx + fy) * 9.0 + s).sin() + noise,
+            ];
+            // A "pet": an ellipse with its own colour and a hard edge.
+            let (dx, dy) = ((fx - 0.6) / 0.22, (fy - 0.55) / 0.15);
+            if dx * dx + dy * dy < 1.0 {
+                rgb = [160.0 + noise, 110.0 + noise, 60.0 + noise];
+            }
+            // A "sofa": a dark rectangle.
+            if fx > 0.08 && fx < 0.45 && fy > 0.4 && fy < 0.75 {
+                rgb = [50.0 + noise, 70.0 + noise, 120.0 + noise];
+            }
+            data.extend(rgb.map(|v| v.clamp(0.0, 255.0) as u8));
+        }
+    }
+    RgbImage { width, height, data }
+}
+
+fn hash(x: u32, y: u32, seed: u32) -> u32 {
+    let mut h = x.wrapping_mul(0x9E37_79B1) ^ y.wrapping_mul(0x85EB_CA77) ^ seed.wrapping_mul(0xC2B2_AE3D);
+    h ^= h >> 15;
+    h = h.wrapping_mul(0x2C1B_3C6D);
+    h ^ (h >> 12)
+}
+
+pub fn jpeg(img: &RgbImage, quality: i32, subsamp: turbojpeg::Subsamp) -> Vec<u8> {
+    let image = turbojpeg::Image {
+        pixels: img.data.as_slice(),
+        width: img.width as usize,
+        pitch: img.width as usize * 3,
+        height: img.height as usize,
+        format: turbojpeg::PixelFormat::RGB,
+    };
+    turbojpeg::compress(image, quality, subsamp).expect("encode JPEG").to_vec()
+}
+
+pub fn grey_jpeg(img: &RgbImage, quality: i32) -> Vec<u8> {
+    let grey: Vec<u8> = img.data.chunks(3).map(|p| p[1]).collect();
+    let image = turbojpeg::Image {
+        pixels: grey.as_slice(),
+        width: img.width as usize,
+        pitch: img.width as usize,
+        height: img.height as usize,
+        format: turbojpeg::PixelFormat::GRAY,
+    };
+    turbojpeg::compress(image, quality, turbojpeg::Subsamp::Gray).expect("encode JPEG").to_vec()
+}
+
+pub fn png(img: image::DynamicImage) -> Vec<u8> {
+    let mut out = std::io::Cursor::new(Vec::new());
+    img.write_to(&mut out, image::ImageFormat::Png).expect("encode PNG");
+    out.into_inner()
+}
+
+pub fn rgb_png(img: &RgbImage) -> Vec<u8> {
+    png(image::DynamicImage::ImageRgb8(
+        image::RgbImage::from_raw(img.width, img.height, img.data.clone()).expect("buffer size"),
+    ))
+}
+
+/// RGBA with a varying alpha: PIL's convert("RGB") drops it, so must we.
+pub fn rgba_png(img: &RgbImage) -> Vec<u8> {
+    let data: Vec<u8> =
+        img.data.chunks(3).enumerate().flat_map(|(i, p)| [p[0], p[1], p[2], (i * 7 % 256) as u8]).collect();
+    png(image::DynamicImage::ImageRgba8(image::RgbaImage::from_raw(img.width, img.height, data).expect("buffer")))
+}
+
+pub fn grey_png(img: &RgbImage) -> Vec<u8> {
+    let data: Vec<u8> = img.data.chunks(3).map(|p| p[0]).collect();
+    png(image::DynamicImage::ImageLuma8(image::GrayImage::from_raw(img.width, img.height, data).expect("buffer")))
+}
+
+pub fn write(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, bytes).expect("write fixture");
+    path
+}
