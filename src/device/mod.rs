@@ -92,6 +92,25 @@ impl Device {
     }
 }
 
+/// Loads, globally and before any module, every operator library a replica needs: for Neuron the
+/// runtime and libtorchneuron.so (explicit path, or found in a Python environment), then the
+/// extra libraries asked for. Returns the libraries loaded, in order.
+pub fn load_operator_libraries(
+    device: Device,
+    neuron_library: Option<&Path>,
+    extra: &[PathBuf],
+) -> Result<Vec<PathBuf>, DeviceError> {
+    let mut loaded = Vec::new();
+    if device == Device::Neuron {
+        load_neuron_runtime()?;
+        loaded.push(load_op_library(&find_neuron_library(neuron_library)?)?);
+    }
+    for lib in extra {
+        loaded.push(load_op_library(lib)?);
+    }
+    Ok(loaded)
+}
+
 /// Loads a TorchScript module onto `device` in evaluation mode.
 ///
 /// Operator libraries the module needs must have been loaded first ([`load_op_library`]); a

@@ -32,8 +32,6 @@ pub enum LoadError {
     Target { target: String, device: Device },
     #[error(transparent)]
     Device(#[from] DeviceError),
-    #[error(transparent)]
-    OpLibrary(#[from] device::OpLibraryError),
     #[error("the loaded parts do not behave as the manifest says: {0}")]
     SelfCheck(InferenceError),
 }
@@ -85,14 +83,7 @@ impl Model {
         check_target(&manifest, opts.device)?;
         opts.device.check_available()?;
 
-        if opts.device == Device::Neuron {
-            device::load_neuron_runtime()?;
-            let lib = device::find_neuron_library(opts.neuron_library.as_deref())?;
-            device::load_op_library(&lib)?;
-        }
-        for lib in &opts.op_libraries {
-            device::load_op_library(lib)?;
-        }
+        device::load_operator_libraries(opts.device, opts.neuron_library.as_deref(), &opts.op_libraries)?;
 
         let part = |file: &str| device::load_module(&dir.join(file), opts.device);
         let image_encoder = part(&manifest.parts.image_encoder.file)?;
@@ -167,7 +158,7 @@ fn check_files(dir: &Path) -> Result<(), LoadError> {
         .filter(|f| !dir.join(f).is_file())
         .map(String::from)
         .collect();
-    if missing.is_empty() {
+    if dir.join(manifest::MANIFEST_FILE).is_file() {
         // Part files are named by the manifest.
         let manifest = Manifest::read(dir)?;
         let p = &manifest.parts;

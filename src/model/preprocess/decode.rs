@@ -132,29 +132,17 @@ fn decode_with_image_crate(bytes: &[u8], format: ImageFormat, limits: &ImageLimi
         ImageFormat::Bmp => image::ImageFormat::Bmp,
         ImageFormat::Jpeg => unreachable!("JPEG is decoded by libjpeg-turbo"),
     };
-    let corrupt = |e: image::ImageError| match e {
-        image::ImageError::Limits(l) => ImageError::Corrupt { format: format.clone(), message: format!("{l}") },
-        other => ImageError::Corrupt { format: format.clone(), message: other.to_string() },
-    };
-    let mut reader = image::ImageReader::with_format(Cursor::new(bytes), crate_format);
+    let corrupt = |e: image::ImageError| ImageError::Corrupt { format: format.clone(), message: e.to_string() };
+    // The header alone first: its claimed size is checked before anything is allocated for it.
+    let (w, h) =
+        image::ImageReader::with_format(Cursor::new(bytes), crate_format).into_dimensions().map_err(corrupt)?;
+    check_limits(w as u64, h as u64, limits)?;
+
     let mut crate_limits = image::Limits::default();
     crate_limits.max_image_width = Some(limits.max_width);
     crate_limits.max_image_height = Some(limits.max_height);
     // Decoded RGBA16 is the widest layout: 8 bytes a pixel, plus slack for the decoder.
     crate_limits.max_alloc = Some(limits.max_pixels * 8 + (64 << 20));
-    reader.limits(crate_limits.clone());
-    let (w, h) = reader.into_dimensions().map_err(|e| match e {
-        image::ImageError::Limits(_) => ImageError::TooLarge {
-            width: 0,
-            height: 0,
-            max_width: limits.max_width,
-            max_height: limits.max_height,
-            max_pixels: limits.max_pixels,
-        },
-        other => corrupt(other),
-    })?;
-    check_limits(w as u64, h as u64, limits)?;
-
     let mut reader = image::ImageReader::with_format(Cursor::new(bytes), crate_format);
     reader.limits(crate_limits);
     let decoded = reader.decode().map_err(corrupt)?;
