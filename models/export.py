@@ -329,15 +329,19 @@ def check_part(name, wrapper, traced, spec, args, specs, device, dtype):
         log(f"  {name}: traced == eager at b={b} lq={lq} td={td} (max |diff| {err:.2e})")
 
 
-def trace_neuron(name, wrapper, spec, args, specs, dtype):
+def require_torch_neuronx():
     try:
-        import torch_neuronx  # noqa: F401
+        import torch_neuronx
     except ImportError:
         raise SystemExit(
             "target neuron needs torch-neuronx (pip install torch-neuronx==2.9.* from the AWS Neuron "
             "repository, on an Inf2/Trn1 instance or a Neuron DLC); it is not installed in this environment"
         )
-    import torch_neuronx
+    return torch_neuronx
+
+
+def trace_neuron(name, wrapper, spec, args, specs, dtype):
+    torch_neuronx = require_torch_neuronx()
 
     bi, bq, lq, td = trace_shapes(args)
     dims = example_dims_for(name, specs, bi if name == "image_encoder" else bq, lq, td)
@@ -392,6 +396,8 @@ def main(argv=None) -> int:
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
 
+    if args.target == "neuron":
+        require_torch_neuronx()  # before the (long) model build
     if args.target == "cuda" and not torch.cuda.is_available():
         raise SystemExit("target cuda: torch sees no CUDA device here")
     device = "cuda" if args.target == "cuda" else "cpu"

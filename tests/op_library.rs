@@ -40,5 +40,5 @@ fn custom_operator_library_is_required_and_then_used() {
     assert_eq!(got, expected);
 
     // Loading is idempotent, and the generic --op-library route reaches the same library.
-    assert_eq!(device::load_operator_libraries(Device::Cpu, None, &[library.clone()]).unwrap(), loaded);
+    assert_eq!(device::load_operator_libraries(Device::Cpu, None, std::slice::from_ref(&library)).unwrap(), loaded);
 }

@@ -51,26 +51,37 @@ const QUESTIONS: [&str; 5] = [
 const ASKED_FRAMES: usize = 5;
 const MAX_LENGTH: usize = 20;
 
-struct Fixtures {
+/// The frames, written where the Python reference can read them.
+struct Frames {
     _dir: tempfile::TempDir,
     paths: Vec<PathBuf>,
     bytes: Vec<Vec<u8>>,
-    reference: Value,
 }
 
-fn fixtures() -> &'static Fixtures {
-    static FIXTURES: OnceLock<Fixtures> = OnceLock::new();
-    FIXTURES.get_or_init(|| {
+fn written_frames() -> &'static Frames {
+    static FRAMES: OnceLock<Frames> = OnceLock::new();
+    FRAMES.get_or_init(|| {
         let dir = tempfile::tempdir().expect("tempdir");
         let frames = frames();
-        let paths: Vec<PathBuf> = frames.iter().map(|(name, bytes)| write(dir.path(), name, bytes)).collect();
-        let pairs: Vec<Value> = paths[..ASKED_FRAMES]
+        let paths = frames.iter().map(|(name, bytes)| write(dir.path(), name, bytes)).collect();
+        let bytes = frames.into_iter().map(|(_, b)| b).collect();
+        Frames { _dir: dir, paths, bytes }
+    })
+}
+
+/// transformers' answers for every (asked frame, question) pair, each asked alone.
+fn reference_answers() -> &'static Value {
+    static ANSWERS: OnceLock<Value> = OnceLock::new();
+    ANSWERS.get_or_init(|| {
+        let fx = written_frames();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pairs: Vec<Value> = fx.paths[..ASKED_FRAMES]
             .iter()
             .flat_map(|p| QUESTIONS.iter().map(move |q| serde_json::json!({"image": p, "question": q})))
             .collect();
         let pairs_file = write(dir.path(), "pairs.json", serde_json::to_string(&pairs).unwrap().as_bytes());
         let model = model_dir("tiny");
-        let reference = run_python(&[
+        run_python(&[
             "models/reference.py".as_ref(),
             "answers".as_ref(),
             "--model".as_ref(),
@@ -79,9 +90,7 @@ fn fixtures() -> &'static Fixtures {
             pairs_file.as_os_str(),
             "--max-length".as_ref(),
             MAX_LENGTH.to_string().as_ref(),
-        ]);
-        let bytes = frames.into_iter().map(|(_, b)| b).collect();
-        Fixtures { _dir: dir, paths, bytes, reference }
+        ])
     })
 }
 
@@ -91,7 +100,7 @@ fn decode_b64(v: &Value) -> Vec<u8> {
 
 #[test]
 fn preprocessing_matches_pillow_within_one_level() {
-    let fx = fixtures();
+    let fx = written_frames();
     let mut args: Vec<&std::ffi::OsStr> = vec!["models/reference.py".as_ref(), "pixels".as_ref()];
     args.extend(fx.paths.iter().map(|p| p.as_os_str()));
     let reference = run_python(&args);
@@ -160,9 +169,9 @@ fn name_of(path: &Path) -> String {
 /// Asks every question of the first frames through `model`, per frame and all frames at once,
 /// in both modes, and compares with transformers asking each question alone.
 fn check_answers(model_name: &str) {
-    let fx = fixtures();
+    let fx = written_frames();
     let model = Model::load(&model_dir(model_name), &LoadOptions::default()).expect("load model");
-    let reference = fx.reference["answers"].as_array().expect("answers");
+    let reference = reference_answers()["answers"].as_array().expect("answers");
     assert_eq!(reference.len(), ASKED_FRAMES * QUESTIONS.len());
 
     let pixels: Vec<Pixels> =
