@@ -9,6 +9,7 @@ cd "$(dirname "$0")/.."
 link=.venv
 reqs=(models/requirements.txt)
 nodeps=(models/requirements-nodeps.txt)
+constraints=models/constraints.txt
 
 find_python() {
   local c
@@ -25,7 +26,7 @@ find_python() {
 
 base=$(find_python)
 cache=${BLIPSERVE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/blipserve}
-key=$( { cat "${reqs[@]}" "${nodeps[@]}"; "$base" --version; } | sha256sum | cut -c1-16)
+key=$( { cat "${reqs[@]}" "${nodeps[@]}" "$constraints"; "$base" --version; } | sha256sum | cut -c1-16)
 venv="$cache/venv-$key"
 mkdir -p "$cache"
 
@@ -37,7 +38,7 @@ if [ ! -f "$venv/.complete" ]; then
   "$base" -m venv "$venv"
   "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip
   for r in "${reqs[@]}"; do
-    "$venv/bin/python" -m pip install --disable-pip-version-check --progress-bar off -r "$r"
+    "$venv/bin/python" -m pip install --disable-pip-version-check --progress-bar off -c "$constraints" -r "$r"
   done
   for r in "${nodeps[@]}"; do
     "$venv/bin/python" -m pip install --disable-pip-version-check --progress-bar off --no-deps -r "$r"
