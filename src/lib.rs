@@ -1,9 +1,15 @@
 //! blipserve answers behaviour questions about pet-camera frames with BLIP visual question
 //! answering.
 //!
-//! The modules follow a request's path: [`model`] turns encoded frames and question text into
+//! The modules follow a request's path: [`http`] parses and validates, the [`engine`] queues,
+//! batches and runs the work on model replicas, [`model`] turns frames and question text into
 //! answers (preprocessing, tokenisation, the three-part BLIP pipeline) on a [`device`] (CPU,
-//! CUDA or a NeuronCore).
+//! CUDA or a NeuronCore). [`config`], [`behaviors`] and [`metrics`] are shared by every role.
 
+pub mod behaviors;
+pub mod config;
 pub mod device;
+pub mod engine;
+pub mod http;
+pub mod metrics;
 pub mod model;

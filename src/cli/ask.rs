@@ -7,6 +7,7 @@ use anyhow::Context;
 use clap::{Args, ValueEnum};
 use serde::Serialize;
 
+use blipserve::config::FileConfig;
 use blipserve::model::{Answer, AnswerMode, FrameQuestions, Model};
 
 use super::ModelArgs;
@@ -47,9 +48,12 @@ struct Line<'a> {
 }
 
 pub fn run(args: AskArgs) -> anyhow::Result<()> {
-    args.model.apply_threads();
-    let model = Model::load(&args.model.model, &args.model.load_options())
-        .with_context(|| format!("loading model {}", args.model.model.display()))?;
+    let file = FileConfig::default();
+    tch::set_num_threads(args.model.threads(&file) as i32);
+    tch::set_num_interop_threads(1);
+    let dir = args.model.model_dir(&file);
+    let model = Model::load(&dir, &args.model.load_options(&file)?)
+        .with_context(|| format!("loading model {}", dir.display()))?;
     let bytes = std::fs::read(&args.image).with_context(|| format!("reading {}", args.image.display()))?;
     let pixels = model.preprocessor().pixels(&bytes).with_context(|| format!("image {}", args.image.display()))?;
     let questions = args

@@ -1,12 +1,14 @@
 //! Command-line roles. Every flag has an environment-variable twin (shown by `--help`).
 
 mod ask;
+mod serve;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
+use blipserve::config::{self, FileConfig};
 use blipserve::device::Device;
 use blipserve::model::{ImageLimits, LoadOptions};
 
@@ -19,72 +21,98 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Serve the HTTP API with an in-process pool of model replicas.
+    Serve(serve::ServeArgs),
     /// Answer questions about one image and print one JSON object per question.
     Ask(ask::AskArgs),
 }
 
 /// Where the model comes from and what it runs on; shared by every role that loads a model.
+/// Unset flags fall back to the configuration file, then to the defaults shown.
 #[derive(Args, Debug, Clone)]
 pub struct ModelArgs {
-    /// Model directory written by models/export.py (manifest.json, three .pt parts, tokenizer.json).
-    #[arg(long, env = "BLIPSERVE_MODEL", default_value = "models/tiny")]
-    pub model: PathBuf,
+    /// Model directory written by models/export.py [default: models/tiny]
+    #[arg(long, env = "BLIPSERVE_MODEL")]
+    pub model: Option<PathBuf>,
 
-    /// Device: cpu, cuda, cuda:N or neuron.
-    #[arg(long, env = "BLIPSERVE_DEVICE", default_value = "cpu")]
-    pub device: Device,
+    /// Device: cpu, cuda, cuda:N or neuron [default: cpu]
+    #[arg(long, env = "BLIPSERVE_DEVICE")]
+    pub device: Option<Device>,
 
-    /// Intra-op threads per model replica (default: every core).
+    /// Intra-op threads per model replica [default: up to 4, at most the cores]
     #[arg(long, env = "BLIPSERVE_THREADS")]
     pub threads: Option<usize>,
 
-    /// libtorchneuron.so for --device neuron (default: found in a Python environment with torch-neuronx).
+    /// libtorchneuron.so for --device neuron [default: found in a Python environment with torch-neuronx]
     #[arg(long, env = "BLIPSERVE_NEURON_LIB")]
     pub neuron_lib: Option<PathBuf>,
 
-    /// Extra TorchScript operator library to load globally before the model (repeatable).
+    /// Extra TorchScript operator library to load globally before the model (repeatable)
     #[arg(long = "op-library", env = "BLIPSERVE_OP_LIBRARIES", value_delimiter = ',')]
     pub op_libraries: Vec<PathBuf>,
 
-    /// Largest accepted image side, in pixels.
-    #[arg(long, env = "BLIPSERVE_MAX_IMAGE_SIDE", default_value_t = ImageLimits::default().max_width)]
-    pub max_image_side: u32,
+    /// Largest accepted image side, in pixels [default: 8192]
+    #[arg(long, env = "BLIPSERVE_MAX_IMAGE_SIDE")]
+    pub max_image_side: Option<u32>,
 
-    /// Largest accepted image area, in pixels.
-    #[arg(long, env = "BLIPSERVE_MAX_IMAGE_PIXELS", default_value_t = ImageLimits::default().max_pixels)]
-    pub max_image_pixels: u64,
+    /// Largest accepted image area, in pixels [default: 33177600, 8K]
+    #[arg(long, env = "BLIPSERVE_MAX_IMAGE_PIXELS")]
+    pub max_image_pixels: Option<u64>,
 }
 
 impl ModelArgs {
-    pub fn load_options(&self) -> LoadOptions {
-        LoadOptions {
-            device: self.device,
+    pub fn model_dir(&self, file: &FileConfig) -> PathBuf {
+        self.model.clone().or_else(|| file.model.clone()).unwrap_or_else(|| PathBuf::from("models/tiny"))
+    }
+
+    pub fn load_options(&self, file: &FileConfig) -> anyhow::Result<LoadOptions> {
+        let device = match (&self.device, &file.device) {
+            (Some(d), _) => *d,
+            (None, Some(d)) => d.parse()?,
+            (None, None) => Device::Cpu,
+        };
+        let defaults = ImageLimits::default();
+        let side = self.max_image_side.or(file.max_image_side).unwrap_or(defaults.max_width);
+        Ok(LoadOptions {
+            device,
             op_libraries: self.op_libraries.clone(),
             neuron_library: self.neuron_lib.clone(),
             image_limits: ImageLimits {
-                max_width: self.max_image_side,
-                max_height: self.max_image_side,
-                max_pixels: self.max_image_pixels,
+                max_width: side,
+                max_height: side,
+                max_pixels: self.max_image_pixels.or(file.max_image_pixels).unwrap_or(defaults.max_pixels),
             },
-        }
+        })
     }
 
-    /// Sizes libtorch's thread pools for this process's single replica.
-    pub fn apply_threads(&self) {
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        tch::set_num_threads(self.threads.unwrap_or(cores).max(1) as i32);
-        tch::set_num_interop_threads(1);
+    /// Intra-op threads for one replica.
+    pub fn threads(&self, file: &FileConfig) -> usize {
+        self.threads.or(file.threads).unwrap_or_else(|| config::default_threads_and_replicas(cores()).0).max(1)
+    }
+}
+
+pub fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+fn init_logging(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
     }
 }
 
 pub fn run() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
-        .with_writer(std::io::stderr)
-        .init();
     let result = match cli.command {
-        Command::Ask(args) => ask::run(args),
+        Command::Ask(args) => {
+            init_logging(false);
+            ask::run(args)
+        }
+        Command::Serve(args) => serve::run(args, init_logging),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

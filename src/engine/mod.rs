@@ -1,0 +1,127 @@
+//! The inference engine: a bounded queue, a batcher thread, and one OS thread per model replica.
+//!
+//! libtorch calls block, so none of this runs on the async runtime. A request's frame (already
+//! preprocessed) and questions become a [`Job`]; the batcher groups jobs that arrive while the
+//! replicas are busy (up to `max_batch_frames`, waiting at most `max_wait` for more) and hands
+//! each group to an idle replica, which encodes the frames in one batch and answers every
+//! question. A full queue is refused at once ([`SubmitError::QueueFull`]); jobs whose client has
+//! gone or whose deadline has passed are dropped before inference.
+
+mod batcher;
+mod worker;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::oneshot;
+
+use crate::metrics::Metrics;
+use crate::model::{Answer, AnswerMode, LoadOptions, Pixels, Question};
+
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    pub model_dir: PathBuf,
+    pub load: LoadOptions,
+    pub replicas: usize,
+    pub threads_per_replica: usize,
+    pub max_batch_frames: usize,
+    pub max_wait: Duration,
+    pub queue_capacity: usize,
+}
+
+/// One frame and its questions, waiting for a replica.
+pub struct Job {
+    pub pixels: Pixels,
+    pub questions: Vec<Question>,
+    pub mode: AnswerMode,
+    pub deadline: Instant,
+    pub enqueued: Instant,
+    pub reply: oneshot::Sender<Result<JobResult, EngineError>>,
+}
+
+#[derive(Debug)]
+pub struct JobResult {
+    pub answers: Vec<Answer>,
+    pub queued: Duration,
+    pub inference: Duration,
+    pub batch_frames: usize,
+}
+
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum SubmitError {
+    #[error("the inference queue is full")]
+    QueueFull,
+    #[error("the engine is shutting down")]
+    ShuttingDown,
+}
+
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum EngineError {
+    #[error("the request's deadline passed before a model replica was free")]
+    Expired,
+    #[error("inference failed: {0}")]
+    Inference(String),
+}
+
+/// Handle to the running engine. Dropping it closes the queue; replicas finish what they hold.
+pub struct Engine {
+    queue: mpsc::SyncSender<Job>,
+    depth: Arc<AtomicUsize>,
+    loaded: Arc<AtomicUsize>,
+    failed: Arc<AtomicBool>,
+    replicas: usize,
+    metrics: Arc<Metrics>,
+}
+
+impl Engine {
+    /// Starts the replicas (each loads and warms its own copy of the model) and the batcher.
+    /// Returns at once; `loaded` reports when every replica is ready, or the first load error.
+    pub fn start(config: EngineConfig, metrics: Arc<Metrics>) -> (Engine, oneshot::Receiver<Result<(), String>>) {
+        let (queue, jobs) = mpsc::sync_channel::<Job>(config.queue_capacity);
+        let depth = Arc::new(AtomicUsize::new(0));
+        let loaded = Arc::new(AtomicUsize::new(0));
+        let failed = Arc::new(AtomicBool::new(false));
+        let (loaded_tx, loaded_rx) = oneshot::channel();
+        let (idle_tx, idle_rx) = mpsc::channel::<usize>();
+        let load_report = worker::LoadReport::new(config.replicas, loaded.clone(), failed.clone(), loaded_tx);
+        let workers: Vec<mpsc::Sender<Vec<Job>>> = (0..config.replicas)
+            .map(|id| worker::spawn(id, &config, idle_tx.clone(), load_report.clone(), metrics.clone()))
+            .collect();
+        batcher::spawn(config.clone(), jobs, idle_rx, workers, depth.clone(), metrics.clone());
+        let engine = Engine { queue, depth, loaded, failed, replicas: config.replicas, metrics };
+        (engine, loaded_rx)
+    }
+
+    /// Queues a job, or refuses it at once when the queue is full.
+    pub fn submit(&self, job: Job) -> Result<(), SubmitError> {
+        self.depth.fetch_add(1, Ordering::SeqCst);
+        self.metrics.queue_depth.inc();
+        match self.queue.try_send(job) {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                self.depth.fetch_sub(1, Ordering::SeqCst);
+                self.metrics.queue_depth.dec();
+                Err(match e {
+                    mpsc::TrySendError::Full(_) => SubmitError::QueueFull,
+                    mpsc::TrySendError::Disconnected(_) => SubmitError::ShuttingDown,
+                })
+            }
+        }
+    }
+
+    /// Every replica has loaded its model and run a real forward pass.
+    pub fn is_ready(&self) -> bool {
+        !self.failed.load(Ordering::SeqCst) && self.loaded.load(Ordering::SeqCst) == self.replicas
+    }
+
+    pub fn replicas(&self) -> usize {
+        self.replicas
+    }
+
+    pub fn queue_depth(&self) -> usize {
+        self.depth.load(Ordering::SeqCst)
+    }
+}
