@@ -22,12 +22,14 @@ CARGO_TEST := $(shell command -v cargo-nextest >/dev/null 2>&1 && echo "cargo ne
 
 setup: system-deps python
 
-# Native build tools: cmake and nasm build libjpeg-turbo (the JPEG decoder Pillow uses).
+# Native tools: cmake and nasm build libjpeg-turbo (the JPEG decoder Pillow uses); promtool
+# (Debian's prometheus package) checks /metrics in the tests.
 system-deps:
 	@bash scripts/system-deps.sh
 
 python:
 	@bash scripts/python-env.sh
+	@bash scripts/python-env.sh tools
 
 build: setup
 	cargo build --release

@@ -1,15 +1,27 @@
 #!/usr/bin/env bash
 # Creates the pinned Python environment once, in a cache outside the checkout keyed by the
 # requirement files and the interpreter, and links it into the checkout as .venv.
-#   scripts/python-env.sh            -> .venv (torch, transformers, export and parity reference)
+#   scripts/python-env.sh            -> .venv       (torch, transformers: export, parity reference)
+#   scripts/python-env.sh tools      -> .venv-tools (checkers the tests run: OpenAPI validator)
 # BLIPSERVE_CACHE overrides the cache folder (default: $XDG_CACHE_HOME/blipserve or ~/.cache/blipserve).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-link=.venv
-reqs=(models/requirements.txt)
-nodeps=(models/requirements-nodeps.txt)
-constraints=models/constraints.txt
+case "${1:-main}" in
+  main)
+    link=.venv
+    reqs=(models/requirements.txt)
+    nodeps=(models/requirements-nodeps.txt)
+    constraints=models/constraints.txt
+    ;;
+  tools)
+    link=.venv-tools
+    reqs=(scripts/requirements-tools.txt)
+    nodeps=()
+    constraints=scripts/requirements-tools.txt
+    ;;
+  *) echo "python-env: unknown environment $1 (main or tools)" >&2; exit 2 ;;
+esac
 
 find_python() {
   local c

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# Installs the native build tools the Rust build needs, from Debian's packages, when missing.
+# Installs the native tools the build and the tests need, from Debian's packages, when missing.
 set -euo pipefail
 need=()
 command -v cmake >/dev/null 2>&1 || need+=(cmake)
 command -v nasm >/dev/null 2>&1 || need+=(nasm)
 command -v g++ >/dev/null 2>&1 || need+=(g++)
+command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 [ ${#need[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" -ne 0 ]; then
   echo "system-deps: please install: ${need[*]} (e.g. sudo apt-get install ${need[*]})" >&2

@@ -98,12 +98,16 @@ pub async fn detect(
 }
 
 async fn handle(state: &AppState, request_id: &str, started: Instant, request: Request) -> Result<Response, ApiError> {
-    state.authorize(request.headers())?;
+    // The body is read (bounded) before refusing anything: a client still sending when the
+    // server answers and closes sees a broken connection instead of the answer.
+    let headers = request.headers().clone();
+    let raw = read_body(state, request).await;
+    state.authorize(&headers)?;
     if !state.engine.is_ready() {
         return Err(ApiError::NotReady);
     }
     let deadline = started + state.limits.request_timeout;
-    let raw = read_body(state, request).await?;
+    let raw = raw?;
     let (image, asked, mode) = validate(state, raw)?;
 
     let preprocessor = state.preprocessor.clone();
@@ -193,24 +197,8 @@ async fn read_body(state: &AppState, request: Request) -> Result<RawDetect, ApiE
     if mime != "multipart/form-data" && mime != "application/json" {
         return Err(ApiError::UnsupportedMediaType(content_type));
     }
-    let declared = request
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok());
-    if declared.is_some_and(|n| n > limit) {
-        return Err(ApiError::BodyTooLarge { limit });
-    }
     let (parts, body) = request.into_parts();
-    let bytes = axum::body::to_bytes(body, limit).await.map_err(|e| {
-        let too_large = std::error::Error::source(&e)
-            .is_some_and(|s| s.downcast_ref::<http_body_util::LengthLimitError>().is_some());
-        if too_large {
-            ApiError::BodyTooLarge { limit }
-        } else {
-            ApiError::BadMultipart(format!("reading the body: {e}"))
-        }
-    })?;
+    let bytes = read_limited(body, limit).await?;
     if mime == "application/json" {
         let json: JsonDetect = serde_json::from_slice(&bytes).map_err(|e| ApiError::BadJson(e.to_string()))?;
         let image = match json.image {
@@ -235,6 +223,31 @@ async fn read_body(state: &AppState, request: Request) -> Result<RawDetect, ApiE
         }
     }
     Ok(raw)
+}
+
+/// The whole body if it fits in `limit` bytes. A larger body is still read and discarded up to
+/// four times the limit, so the client gets the 413 instead of a reset connection.
+async fn read_limited(body: Body, limit: usize) -> Result<Bytes, ApiError> {
+    use http_body_util::BodyExt;
+    let drain_cap = limit.saturating_mul(4);
+    let mut body = body;
+    let mut buf = Vec::new();
+    let mut seen = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| ApiError::BadMultipart(format!("reading the body: {e}")))?;
+        let Ok(data) = frame.into_data() else { continue };
+        seen = seen.saturating_add(data.len());
+        if seen > drain_cap {
+            break;
+        }
+        if seen <= limit {
+            buf.extend_from_slice(&data);
+        }
+    }
+    if seen > limit {
+        return Err(ApiError::BodyTooLarge { limit });
+    }
+    Ok(Bytes::from(buf))
 }
 
 /// Standard base64, padding optional, a `data:...;base64,` prefix allowed.

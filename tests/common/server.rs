@@ -1,0 +1,95 @@
+//! The real `blipserve serve` binary on a free port, for the service tests.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub struct Server {
+    child: Child,
+    pub base: String,
+    pub stderr: Arc<Mutex<Vec<String>>>,
+}
+
+impl Server {
+    /// Starts `blipserve serve` on 127.0.0.1 with an OS-chosen port and waits (at most 60 s)
+    /// until /ready says yes.
+    pub fn start(model: &str, extra: &[&str]) -> Server {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_blipserve"))
+            .args(["serve", "--listen", "127.0.0.1", "--port", "0", "--model"])
+            .arg(super::model_dir(model))
+            .args(extra)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start blipserve serve");
+        let stderr = Arc::new(Mutex::new(Vec::new()));
+        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+        let lines = stderr.clone();
+        let pipe = child.stderr.take().expect("stderr");
+        std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                if let Some(rest) = line.split("listening on http://").nth(1) {
+                    let _ = addr_tx.send(rest.split_whitespace().next().unwrap_or_default().to_string());
+                }
+                lines.lock().unwrap().push(line);
+            }
+        });
+        let addr = addr_rx.recv_timeout(Duration::from_secs(60)).unwrap_or_else(|_| {
+            let _ = child.kill();
+            panic!("server did not start: {:?}", stderr.lock().unwrap());
+        });
+        let server = Server { child, base: format!("http://{addr}"), stderr };
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(60) {
+            if client().get(server.url("/ready")).send().is_ok_and(|r| r.status() == 200) {
+                return server;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("server never became ready: {:?}", server.stderr.lock().unwrap());
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id() as i32, signal) };
+    }
+
+    /// Waits (bounded) for the process to exit and returns its exit code.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<i32> {
+        let started = Instant::now();
+        while started.elapsed() < limit {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    /// One Prometheus sample's value, e.g. `blipserve_requests_total{outcome="ok"}`.
+    pub fn metric(&self, sample: &str) -> f64 {
+        let text = client().get(self.url("/metrics")).send().unwrap().text().unwrap();
+        text.lines().find_map(|l| l.strip_prefix(sample).and_then(|rest| rest.trim().parse().ok())).unwrap_or(0.0)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn client() -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder().timeout(Duration::from_secs(30)).build().expect("http client")
+}

@@ -1,0 +1,404 @@
+//! `blipserve serve`, started as the real binary on a free port, spoken to over HTTP.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use base64::Engine;
+use common::server::{client, Server};
+use common::*;
+use reqwest::blocking::multipart::{Form, Part};
+use serde_json::{json, Value};
+
+fn frame_jpeg(seed: u32) -> Vec<u8> {
+    jpeg(&synthetic_frame(640, 360, seed), 90, turbojpeg::Subsamp::Sub2x2)
+}
+
+fn multipart(image: &[u8], questions: &[&str], behaviors: &[&str]) -> Form {
+    let mut form = Form::new().part("image", Part::bytes(image.to_vec()).file_name("frame.jpg"));
+    for q in questions {
+        form = form.text("question", q.to_string());
+    }
+    for b in behaviors {
+        form = form.text("behavior", b.to_string());
+    }
+    form
+}
+
+/// What `blipserve ask` prints for these questions, by question.
+fn ask(image: &[u8], questions: &[&str]) -> Vec<Value> {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(dir.path(), "frame.jpg", image);
+    let out = Command::new(env!("CARGO_BIN_EXE_blipserve"))
+        .args(["ask", "--model"])
+        .arg(model_dir("tiny"))
+        .arg("--image")
+        .arg(&path)
+        .args(questions)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+#[test]
+fn multipart_and_json_answer_like_ask_and_behaviors_follow_thresholds() {
+    let dir = tempfile::tempdir().unwrap();
+    // Thresholds at 0 and 1 make `detected` certain either way.
+    let config = write(
+        dir.path(),
+        "blipserve.toml",
+        b"[behaviors.always]\nquestion = \"is the dog barking?\"\nthreshold = 0.0\n\n\
+          [behaviors.never]\nquestion = \"is the dog barking?\"\nthreshold = 1.0\n",
+    );
+    let server = Server::start("tiny", &["--config", config.to_str().unwrap()]);
+    let image = frame_jpeg(1);
+    let questions = ["is the dog barking?", "is the cat sleeping on the sofa?"];
+    let want = ask(&image, &questions);
+
+    let resp = client()
+        .post(server.url("/v1/detect"))
+        .multipart(multipart(&image, &questions, &["always", "never"]))
+        .send()
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    for h in ["x-request-id", "x-queue-ms", "x-preprocess-ms", "x-inference-ms", "x-total-ms", "server-timing"] {
+        assert!(resp.headers().contains_key(h), "missing header {h}");
+    }
+    let body: Value = resp.json().unwrap();
+    let answers = body["answers"].as_array().unwrap();
+    assert_eq!(answers.len(), 4);
+    for (got, want) in answers.iter().zip(&want) {
+        assert_eq!(got["question"], want["question"]);
+        assert_eq!(got["answer"], want["answer"]);
+        let d = (got["probability"].as_f64().unwrap() - want["probability"].as_f64().unwrap()).abs();
+        assert!(d < 1e-6, "{got} vs {want}");
+    }
+    assert_eq!(answers[2]["behavior"], "always");
+    assert_eq!(answers[2]["detected"], true);
+    assert_eq!(answers[3]["behavior"], "never");
+    assert_eq!(answers[3]["detected"], false);
+    assert!(answers[0].get("detected").is_none());
+    assert_eq!(body["model"], "tiny");
+    assert_eq!(body["mode"], "yesno");
+    for stage in ["queue", "preprocess", "inference", "total"] {
+        assert!(body["timings_ms"][stage].as_f64().unwrap() >= 0.0);
+    }
+
+    let json_body = json!({
+        "image": base64::engine::general_purpose::STANDARD.encode(&image),
+        "questions": questions,
+    });
+    let resp = client()
+        .post(server.url("/v1/detect"))
+        .header("x-request-id", "camera-42-frame-7")
+        .json(&json_body)
+        .send()
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["x-request-id"], "camera-42-frame-7");
+    let body: Value = resp.json().unwrap();
+    assert_eq!(body["request_id"], "camera-42-frame-7");
+    for (got, want) in body["answers"].as_array().unwrap().iter().zip(&want) {
+        assert_eq!(got["answer"], want["answer"]);
+        assert!((got["probability"].as_f64().unwrap() - want["probability"].as_f64().unwrap()).abs() < 1e-6);
+    }
+
+    let generate = client()
+        .post(server.url("/v1/detect"))
+        .json(&json!({"image": base64::engine::general_purpose::STANDARD.encode(&image), "questions": ["what is the dog doing?"], "mode": "generate"}))
+        .send()
+        .unwrap();
+    assert_eq!(generate.status(), 200);
+    let body: Value = generate.json().unwrap();
+    assert_eq!(body["mode"], "generate");
+    assert!(body["answers"][0]["answer"].is_string() && body["answers"][0].get("probability").is_none());
+
+    let catalogue: Value = client().get(server.url("/v1/behaviors")).send().unwrap().json().unwrap();
+    let names: Vec<&str> =
+        catalogue["behaviors"].as_array().unwrap().iter().map(|b| b["name"].as_str().unwrap()).collect();
+    for name in ["barking", "chewing_furniture", "playing", "sleeping", "eating", "always", "never"] {
+        assert!(names.contains(&name), "{name} missing from {names:?}");
+    }
+}
+
+#[test]
+fn bad_requests_get_documented_status_and_json_errors() {
+    let server =
+        Server::start("tiny", &["--max-questions", "3", "--max-question-chars", "40", "--max-body-bytes", "300000"]);
+    let image = frame_jpeg(2);
+    let b64 = |bytes: &[u8]| base64::engine::general_purpose::STANDARD.encode(bytes);
+    let post_json = |body: Value| client().post(server.url("/v1/detect")).json(&body).send().unwrap();
+    let post_form = |form: Form| client().post(server.url("/v1/detect")).multipart(form).send().unwrap();
+    let mut truncated = image.clone();
+    truncated.truncate(image.len() / 2);
+
+    let cases: Vec<(&str, reqwest::blocking::Response, u16, &str)> = vec![
+        ("bad image", post_form(multipart(b"\xFF\xD8\xFFgarbage", &["q?"], &[])), 400, "bad_image"),
+        ("truncated image", post_form(multipart(&truncated, &["q?"], &[])), 400, "bad_image"),
+        ("missing image", post_form(Form::new().text("question", "is it?")), 400, "missing_image"),
+        ("empty image", post_json(json!({"image": "", "questions": ["is it?"]})), 400, "missing_image"),
+        ("no question", post_form(multipart(&image, &[], &[])), 400, "no_question"),
+        ("too many questions", post_form(multipart(&image, &["a?", "b?", "c?", "d?"], &[])), 400, "too_many_questions"),
+        ("question too long", post_form(multipart(&image, &[&"why ".repeat(20)], &[])), 400, "question_too_long"),
+        ("empty question", post_form(multipart(&image, &["   "], &[])), 400, "empty_question"),
+        ("body too large", post_form(multipart(&vec![0xFFu8; 400_000], &["q?"], &[])), 413, "body_too_large"),
+        (
+            "wrong content type",
+            client()
+                .post(server.url("/v1/detect"))
+                .header("content-type", "image/jpeg")
+                .body(image.clone())
+                .send()
+                .unwrap(),
+            415,
+            "unsupported_media_type",
+        ),
+        ("bad base64", post_json(json!({"image": "not*base64!", "questions": ["is it?"]})), 400, "bad_base64"),
+        ("unknown behaviour", post_form(multipart(&image, &[], &["juggling"])), 400, "unknown_behavior"),
+        (
+            "bad mode",
+            post_json(json!({"image": b64(&image), "questions": ["is it?"], "mode": "poetry"})),
+            400,
+            "bad_mode",
+        ),
+        (
+            "bad json",
+            client()
+                .post(server.url("/v1/detect"))
+                .header("content-type", "application/json")
+                .body("{\"image\": ")
+                .send()
+                .unwrap(),
+            400,
+            "bad_json",
+        ),
+        ("unknown json field", post_json(json!({"image": b64(&image), "question": "singular?"})), 400, "bad_json"),
+        (
+            "unsupported image format",
+            post_json(json!({"image": b64(b"II*\0tiff body"), "questions": ["is it?"]})),
+            415,
+            "unsupported_image_format",
+        ),
+        (
+            "image too large",
+            post_json(json!({"image": b64(&png_claiming(20_000, 20_000)), "questions": ["is it?"]})),
+            413,
+            "image_too_large",
+        ),
+    ];
+    for (name, resp, status, code) in cases {
+        assert_eq!(resp.status().as_u16(), status, "{name}");
+        assert!(resp.headers()["content-type"].to_str().unwrap().starts_with("application/json"), "{name}");
+        let body: Value = resp.json().unwrap();
+        assert_eq!(body["code"], code, "{name}: {body}");
+        assert!(body["error"].as_str().is_some_and(|e| !e.is_empty()), "{name}");
+    }
+    // Still serving, and every refusal was counted.
+    assert_eq!(post_form(multipart(&image, &["is it?"], &[])).status(), 200);
+    assert_eq!(server.metric("blipserve_requests_total{outcome=\"bad_image\"}"), 2.0);
+}
+
+#[test]
+fn api_keys_guard_detect_only() {
+    let server = Server::start("tiny", &["--api-key", "k1,k2"]);
+    let image = frame_jpeg(3);
+    let resp = client().post(server.url("/v1/detect")).multipart(multipart(&image, &["is it?"], &[])).send().unwrap();
+    assert_eq!(resp.status(), 401);
+    assert_eq!(resp.json::<Value>().unwrap()["code"], "unauthorized");
+    let resp = client()
+        .post(server.url("/v1/detect"))
+        .bearer_auth("k2")
+        .multipart(multipart(&image, &["is it?"], &[]))
+        .send()
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    for open in ["/health", "/ready", "/metrics", "/openapi.json", "/v1/behaviors"] {
+        assert_eq!(client().get(server.url(open)).send().unwrap().status(), 200, "{open}");
+    }
+}
+
+#[test]
+fn overload_gets_429_not_errors_and_recovers() {
+    // One replica, one batch at a time, room for one waiting frame.
+    let server = Server::start(
+        "tiny",
+        &["--replicas", "1", "--max-batch-frames", "1", "--queue-capacity", "1", "--max-wait-us", "0"],
+    );
+    let image = frame_jpeg(4);
+    let statuses: Vec<u16> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..24)
+            .map(|_| {
+                let (url, image) = (server.url("/v1/detect"), image.clone());
+                s.spawn(move || {
+                    let resp = client()
+                        .post(url)
+                        .multipart(multipart(&image, &["is the dog barking?"; 3], &[]))
+                        .send()
+                        .unwrap();
+                    let status = resp.status().as_u16();
+                    if status == 429 {
+                        assert_eq!(resp.headers()["retry-after"], "1");
+                        assert_eq!(resp.json::<Value>().unwrap()["code"], "overloaded");
+                    }
+                    status
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert!(statuses.iter().all(|s| *s == 200 || *s == 429), "{statuses:?}");
+    assert!(statuses.contains(&429), "the queue never filled: {statuses:?}");
+    assert!(statuses.contains(&200));
+    let resp = client().post(server.url("/v1/detect")).multipart(multipart(&image, &["is it?"], &[])).send().unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        server.metric("blipserve_requests_total{outcome=\"overloaded\"}") as usize,
+        statuses.iter().filter(|s| **s == 429).count()
+    );
+}
+
+#[test]
+fn concurrent_frames_are_batched_and_answer_as_alone() {
+    let server = Server::start("tiny", &["--replicas", "1", "--max-batch-frames", "8", "--max-wait-us", "200000"]);
+    let frames: Vec<Vec<u8>> = (0..6).map(|i| frame_jpeg(10 + i)).collect();
+    let questions = ["is the dog barking?", "is the cat on the sofa by the window?"];
+    let alone: Vec<Value> = frames
+        .iter()
+        .map(|f| {
+            client()
+                .post(server.url("/v1/detect"))
+                .multipart(multipart(f, &questions, &[]))
+                .send()
+                .unwrap()
+                .json()
+                .unwrap()
+        })
+        .collect();
+    let together: Vec<Value> = std::thread::scope(|s| {
+        let handles: Vec<_> = frames
+            .iter()
+            .map(|f| {
+                let url = server.url("/v1/detect");
+                s.spawn(move || {
+                    client().post(url).multipart(multipart(f, &questions, &[])).send().unwrap().json::<Value>().unwrap()
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert!(together.iter().any(|b| b["batch_frames"].as_u64().unwrap() > 1), "no batch formed");
+    let batches = server.metric("blipserve_batch_frames_count");
+    let frames_seen = server.metric("blipserve_batch_frames_sum");
+    assert!(
+        frames_seen / batches > 1.0 + 1e-9 || batches < frames_seen,
+        "metrics show no batching: {batches} batches, {frames_seen} frames"
+    );
+    for (a, t) in alone.iter().zip(&together) {
+        for (qa, qt) in a["answers"].as_array().unwrap().iter().zip(t["answers"].as_array().unwrap()) {
+            assert_eq!(qa["answer"], qt["answer"]);
+            let d = (qa["probability"].as_f64().unwrap() - qt["probability"].as_f64().unwrap()).abs();
+            assert!(d < 1e-5, "batched answer differs by {d}");
+        }
+    }
+}
+
+#[test]
+fn sigterm_drains_in_flight_requests_and_exits_zero() {
+    let mut server = Server::start(
+        "tiny",
+        &["--replicas", "1", "--max-batch-frames", "1", "--drain-delay-ms", "1500", "--queue-capacity", "64"],
+    );
+    let image = frame_jpeg(5);
+    let url = server.url("/v1/detect");
+    let results = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..12)
+            .map(|_| {
+                let (url, image) = (url.clone(), image.clone());
+                s.spawn(move || {
+                    client()
+                        .post(url)
+                        .multipart(multipart(&image, &["is the dog barking?"; 4], &[]))
+                        .send()
+                        .map(|r| r.status().as_u16())
+                })
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(100));
+        server.signal(libc::SIGTERM);
+        std::thread::sleep(Duration::from_millis(300));
+        let ready = client().get(server.url("/ready")).send().unwrap();
+        assert_eq!(ready.status(), 503, "/ready must turn false while draining");
+        assert_eq!(ready.json::<Value>().unwrap()["status"], "draining");
+        handles.into_iter().map(|h| h.join().unwrap()).collect::<Vec<_>>()
+    });
+    assert!(results.iter().all(|r| matches!(r, Ok(200))), "{results:?}");
+    assert_eq!(server.wait_exit(Duration::from_secs(30)), Some(0));
+}
+
+#[test]
+fn metrics_pass_promtool_and_openapi_passes_a_validator() {
+    let server = Server::start("tiny", &[]);
+    let image = frame_jpeg(6);
+    client().post(server.url("/v1/detect")).multipart(multipart(&image, &["is it?"], &[])).send().unwrap();
+    client().post(server.url("/v1/detect")).multipart(multipart(b"nope", &["is it?"], &[])).send().unwrap();
+    let metrics = client().get(server.url("/metrics")).send().unwrap().text().unwrap();
+    for name in [
+        "blipserve_requests_total",
+        "blipserve_stage_duration_seconds",
+        "blipserve_queue_depth",
+        "blipserve_batch_frames",
+        "blipserve_in_flight_requests",
+    ] {
+        assert!(metrics.contains(name), "{name} missing");
+    }
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .output_with_stdin(metrics.as_bytes());
+    assert!(promtool.0, "promtool check metrics failed:\n{}", promtool.1);
+    promtool.1.clear();
+
+    let dir = tempfile::tempdir().unwrap();
+    let spec = client().get(server.url("/openapi.json")).send().unwrap().bytes().unwrap();
+    let path = write(dir.path(), "openapi.json", &spec);
+    let tools = repo().join(".venv-tools/bin/python");
+    assert!(tools.exists(), "run `make python` for the OpenAPI validator");
+    let out = Command::new(tools).args(["-m", "openapi_spec_validator"]).arg(&path).output().unwrap();
+    assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+
+    let spec: Value = serde_json::from_slice(&spec).unwrap();
+    for path in ["/v1/detect", "/v1/behaviors", "/v1/info", "/health", "/ready", "/metrics", "/openapi.json", "/docs"] {
+        assert!(spec["paths"].get(path).is_some(), "{path} undocumented");
+        let method = if path == "/v1/detect" { "post" } else { "get" };
+        assert!(spec["paths"][path][method].is_object(), "{method} {path}");
+    }
+    let docs = client().get(server.url("/docs")).send().unwrap();
+    assert!(docs.headers()["content-type"].to_str().unwrap().starts_with("text/html"));
+    let info: Value = client().get(server.url("/v1/info")).send().unwrap().json().unwrap();
+    assert_eq!(info["model"]["id"], "tiny");
+    assert_eq!(info["device"], "cpu");
+    assert!(info["replicas"].as_u64().unwrap() >= 1);
+}
+
+trait OutputWithStdin {
+    fn output_with_stdin(&mut self, input: &[u8]) -> (bool, String);
+}
+
+impl OutputWithStdin for Command {
+    fn output_with_stdin(&mut self, input: &[u8]) -> (bool, String) {
+        use std::io::Write;
+        let mut child = self
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("run promtool (make setup installs it)");
+        child.stdin.take().unwrap().write_all(input).unwrap();
+        let out = child.wait_with_output().unwrap();
+        (
+            out.status.success(),
+            format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)),
+        )
+    }
+}
