@@ -1,5 +1,5 @@
 # blipserve: everything a fresh machine needs, driven from here.
-#   make run    set up, build, export the tiny model, answer questions about a sample frame
+#   make run    set up, build, export the tiny model, serve it on 127.0.0.1:8080
 #   make test   set up, then every test and lint
 SHELL := /bin/bash
 .DEFAULT_GOAL := run
@@ -18,7 +18,7 @@ export BLIPSERVE_PYTHON := $(PYTHON)
 
 CARGO_TEST := $(shell command -v cargo-nextest >/dev/null 2>&1 && echo "cargo nextest run" || echo "cargo test")
 
-.PHONY: setup system-deps python build models run test lint clean-models
+.PHONY: setup system-deps python build models run ask test lint clean-models
 
 setup: system-deps python
 
@@ -49,7 +49,18 @@ $(SAMPLE): models/sample_frame.py | python
 
 models: $(TINY)/manifest.json $(TINY_STATIC)/manifest.json $(SAMPLE)
 
+PORT ?= 8080
+
+# Serve the tiny model on 127.0.0.1:$(PORT) (Ctrl-C stops it, draining in-flight requests).
 run: build models
+	@echo
+	@echo "Try it from another terminal:"
+	@echo "  curl -s -F image=@$(SAMPLE) -F 'question=is the dog barking?' -F behavior=chewing_furniture http://127.0.0.1:$(PORT)/v1/detect"
+	@echo
+	RUST_LOG=info ./target/release/blipserve serve --model $(TINY) --port $(PORT)
+
+# The command-line path: answer questions about the sample frame and exit.
+ask: build models
 	./target/release/blipserve ask --model $(TINY) --image $(SAMPLE) \
 	  "is the dog barking?" "is the cat sleeping on the sofa?" "is the dog chewing the furniture?"
 	./target/release/blipserve ask --model $(TINY) --image $(SAMPLE) --mode generate "what is the dog doing?"

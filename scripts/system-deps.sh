@@ -6,6 +6,7 @@ command -v cmake >/dev/null 2>&1 || need+=(cmake)
 command -v nasm >/dev/null 2>&1 || need+=(nasm)
 command -v g++ >/dev/null 2>&1 || need+=(g++)
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)
+command -v curl >/dev/null 2>&1 || need+=(curl)
 [ ${#need[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" -ne 0 ]; then
   echo "system-deps: please install: ${need[*]} (e.g. sudo apt-get install ${need[*]})" >&2

@@ -402,3 +402,17 @@ impl OutputWithStdin for Command {
         )
     }
 }
+
+#[test]
+fn past_its_deadline_a_request_gets_504_and_is_not_run() {
+    let server = Server::start("tiny", &["--request-timeout-ms", "1"]);
+    let resp =
+        client().post(server.url("/v1/detect")).multipart(multipart(&frame_jpeg(7), &["is it?"], &[])).send().unwrap();
+    assert_eq!(resp.status(), 504);
+    assert_eq!(resp.json::<Value>().unwrap()["code"], "deadline_exceeded");
+    std::thread::sleep(Duration::from_millis(200));
+    let dropped = server.metric("blipserve_dropped_total{reason=\"expired\"}")
+        + server.metric("blipserve_dropped_total{reason=\"cancelled\"}");
+    assert_eq!(dropped, 1.0, "the expired frame must be dropped before inference");
+    assert_eq!(server.metric("blipserve_batch_frames_count"), 0.0);
+}

@@ -1,0 +1,51 @@
+//! The README's API examples, run with curl against a live server: the documentation stays true.
+
+mod common;
+
+use std::process::Command;
+
+use common::server::Server;
+use common::*;
+
+/// `curl` lines of the `sh` code blocks in the README's "## API" section.
+fn api_examples() -> Vec<String> {
+    let readme = std::fs::read_to_string(repo().join("README.md")).unwrap();
+    let api = readme.split("\n## API\n").nth(1).expect("README has an API section");
+    let api = api.split("\n## ").next().unwrap();
+    let mut examples = Vec::new();
+    let mut in_sh = false;
+    for line in api.lines() {
+        match line.trim() {
+            "```sh" => in_sh = true,
+            "```" => in_sh = false,
+            l if in_sh && l.starts_with("curl ") => examples.push(l.to_string()),
+            _ => {}
+        }
+    }
+    examples
+}
+
+#[test]
+fn readme_api_examples_work() {
+    assert!(repo().join("models/sample-frame.jpg").exists(), "run `make models` first");
+    let examples = api_examples();
+    assert!(examples.len() >= 8, "expected the README's curl examples, found {}", examples.len());
+    let server = Server::start("tiny", &[]);
+    for example in examples {
+        let command = example.replace("http://127.0.0.1:8080", &server.base);
+        let out = Command::new("bash").args(["-c", &command]).current_dir(repo()).output().expect("run bash");
+        assert!(out.status.success(), "{example}\n{}", String::from_utf8_lossy(&out.stderr));
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        if example.contains("/metrics") {
+            assert!(stdout.contains("blipserve_requests_total"), "{example}: {stdout}");
+            continue;
+        }
+        let body: serde_json::Value =
+            serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{example}: not JSON ({e}): {stdout}"));
+        assert!(body.get("code").is_none(), "{example} failed: {body}");
+        if example.contains("/v1/detect") {
+            let answers = body["answers"].as_array().unwrap_or_else(|| panic!("{example}: {body}"));
+            assert!(!answers.is_empty());
+        }
+    }
+}
