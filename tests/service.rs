@@ -416,3 +416,37 @@ fn past_its_deadline_a_request_gets_504_and_is_not_run() {
     assert_eq!(dropped, 1.0, "the expired frame must be dropped before inference");
     assert_eq!(server.metric("blipserve_batch_frames_count"), 0.0);
 }
+
+#[test]
+fn frames_of_clients_that_hung_up_are_dropped_before_inference() {
+    let server = Server::start("tiny", &["--replicas", "1", "--max-batch-frames", "1", "--max-wait-us", "0"]);
+    // Keeps the only replica busy for a few hundred milliseconds: 16 long questions, generated.
+    let long: Vec<String> = (0..16)
+        .map(|i| format!("is the big brown dog number {i} barking at the mail carrier by the front door?"))
+        .collect();
+    let long: Vec<&str> = long.iter().map(String::as_str).collect();
+    let busy = multipart(&frame_jpeg(8), &long, &[]).text("mode", "generate");
+    let small = jpeg(&synthetic_frame(64, 48, 9), 90, turbojpeg::Subsamp::Sub2x2);
+    std::thread::scope(|s| {
+        let url = server.url("/v1/detect");
+        let patient = s.spawn(move || client().post(url).multipart(busy).send().unwrap().status());
+        std::thread::sleep(Duration::from_millis(60));
+        // Clients that give up after 150 ms: their frames wait in the queue behind the busy replica.
+        for _ in 0..4 {
+            let (url, small) = (server.url("/v1/detect"), small.clone());
+            s.spawn(move || {
+                let impatient =
+                    reqwest::blocking::Client::builder().timeout(Duration::from_millis(150)).build().unwrap();
+                let _ = impatient.post(url).multipart(multipart(&small, &["is it?"], &[])).send();
+            });
+        }
+        assert_eq!(patient.join().unwrap(), 200);
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let cancelled = server.metric("blipserve_dropped_total{reason=\"cancelled\"}");
+    let inferred = server.metric("blipserve_batch_frames_sum");
+    assert!(cancelled >= 1.0, "no frame of a departed client was dropped ({inferred} inferred)");
+    assert!(inferred + cancelled <= 5.0 && inferred < 5.0, "{inferred} inferred, {cancelled} cancelled");
+    let resp = client().post(server.url("/v1/detect")).multipart(multipart(&small, &["is it?"], &[])).send().unwrap();
+    assert_eq!(resp.status(), 200);
+}
