@@ -10,21 +10,28 @@ use std::time::Instant;
 use super::{EngineConfig, EngineError, Job};
 use crate::metrics::Metrics;
 
-pub(super) fn spawn(
-    config: EngineConfig,
-    jobs: mpsc::Receiver<Job>,
-    idle: mpsc::Receiver<usize>,
-    workers: Vec<mpsc::Sender<Vec<Job>>>,
-    depth: Arc<AtomicUsize>,
-    metrics: Arc<Metrics>,
-) {
-    std::thread::Builder::new()
-        .name("batcher".into())
-        .spawn(move || run(config, jobs, idle, workers, depth, metrics))
-        .expect("spawn the batcher thread");
+/// What the batcher thread owns.
+pub(super) struct Batcher {
+    pub config: EngineConfig,
+    pub jobs: mpsc::Receiver<Job>,
+    pub idle: mpsc::Receiver<usize>,
+    pub workers: Vec<mpsc::Sender<Vec<Job>>>,
+    pub depth: Arc<AtomicUsize>,
+    pub metrics: Arc<Metrics>,
 }
 
-fn run(
+impl Batcher {
+    pub(super) fn spawn(self) {
+        std::thread::Builder::new().name("batcher".into()).spawn(move || self.run()).expect("spawn the batcher thread");
+    }
+
+    fn run(self) {
+        let Batcher { config, jobs, idle, workers, depth, metrics } = self;
+        batch_loop(config, jobs, idle, workers, depth, metrics)
+    }
+}
+
+fn batch_loop(
     config: EngineConfig,
     jobs: mpsc::Receiver<Job>,
     idle: mpsc::Receiver<usize>,

@@ -90,7 +90,15 @@ impl Engine {
         let workers: Vec<mpsc::Sender<Vec<Job>>> = (0..config.replicas)
             .map(|id| worker::spawn(id, &config, idle_tx.clone(), load_report.clone(), metrics.clone()))
             .collect();
-        batcher::spawn(config.clone(), jobs, idle_rx, workers, depth.clone(), metrics.clone());
+        batcher::Batcher {
+            config: config.clone(),
+            jobs,
+            idle: idle_rx,
+            workers,
+            depth: depth.clone(),
+            metrics: metrics.clone(),
+        }
+        .spawn();
         let engine = Engine { queue, depth, loaded, failed, replicas: config.replicas, metrics };
         (engine, loaded_rx)
     }

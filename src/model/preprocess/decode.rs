@@ -72,25 +72,21 @@ fn describe_unknown(bytes: &[u8]) -> String {
 }
 
 fn check_limits(width: u64, height: u64, limits: &ImageLimits) -> Result<(), ImageError> {
-    if width == 0 || height == 0 {
-        return Err(ImageError::TooLarge {
-            width,
-            height,
-            max_width: limits.max_width,
-            max_height: limits.max_height,
-            max_pixels: limits.max_pixels,
-        });
+    let fits = width > 0
+        && height > 0
+        && width <= limits.max_width as u64
+        && height <= limits.max_height as u64
+        && width * height <= limits.max_pixels;
+    if fits {
+        return Ok(());
     }
-    if width > limits.max_width as u64 || height > limits.max_height as u64 || width * height > limits.max_pixels {
-        return Err(ImageError::TooLarge {
-            width,
-            height,
-            max_width: limits.max_width,
-            max_height: limits.max_height,
-            max_pixels: limits.max_pixels,
-        });
-    }
-    Ok(())
+    Err(ImageError::TooLarge {
+        width,
+        height,
+        max_width: limits.max_width,
+        max_height: limits.max_height,
+        max_pixels: limits.max_pixels,
+    })
 }
 
 /// Decodes a frame to 8-bit RGB.
