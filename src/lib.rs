@@ -11,5 +11,6 @@ pub mod config;
 pub mod device;
 pub mod engine;
 pub mod http;
+pub mod loadtest;
 pub mod metrics;
 pub mod model;

@@ -1,6 +1,7 @@
 //! Command-line roles. Every flag has an environment-variable twin (shown by `--help`).
 
 mod ask;
+mod loadtest;
 mod serve;
 
 use std::path::PathBuf;
@@ -25,6 +26,8 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Answer questions about one image and print one JSON object per question.
     Ask(ask::AskArgs),
+    /// Drive a detect endpoint with frames at a fixed concurrency or arrival rate, and report.
+    Loadtest(loadtest::LoadtestArgs),
 }
 
 /// Where the model comes from and what it runs on; shared by every role that loads a model.
@@ -113,6 +116,10 @@ pub fn run() -> ExitCode {
             ask::run(args)
         }
         Command::Serve(args) => serve::run(args, init_logging),
+        Command::Loadtest(args) => {
+            init_logging(false);
+            loadtest::run(args)
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
