@@ -16,7 +16,10 @@ export VIRTUAL_ENV := $(abspath $(VENV))
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 export BLIPSERVE_PYTHON := $(PYTHON)
 
+# nextest runs the timing-sensitive tests one at a time (.config/nextest.toml); without it,
+# plain cargo test runs every test one at a time.
 CARGO_TEST := $(shell command -v cargo-nextest >/dev/null 2>&1 && echo "cargo nextest run" || echo "cargo test")
+TEST_ARGS := $(shell command -v cargo-nextest >/dev/null 2>&1 || echo "-- --test-threads=1")
 
 .PHONY: setup system-deps python build models run ask test lint clean-models
 
@@ -70,7 +73,7 @@ lint: setup
 	cargo clippy --all-targets -- -D warnings
 
 test: setup models lint
-	$(CARGO_TEST) --all-targets
+	$(CARGO_TEST) --all-targets $(TEST_ARGS)
 
 clean-models:
 	rm -rf $(TINY) $(TINY_STATIC) $(SAMPLE)

@@ -82,6 +82,14 @@ fn parts_that_disagree_in_the_manifest() {
 }
 
 #[test]
+fn non_positive_fixed_sizes_are_refused() {
+    let (_tmp, dir) = copy_of_tiny();
+    edit_manifest(&dir, |m| m["parts"]["image_encoder"]["inputs"][0]["shape"][0] = 0.into());
+    let msg = message(load(&dir));
+    assert!(msg.contains("image batch must be positive"), "{msg}");
+}
+
+#[test]
 fn manifest_that_does_not_match_the_modules() {
     let (_tmp, dir) = copy_of_tiny();
     // Self-consistent, but the traced image encoder really produces 32-wide embeddings.

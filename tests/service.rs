@@ -228,7 +228,7 @@ fn overload_gets_429_not_errors_and_recovers() {
     );
     let image = frame_jpeg(4);
     let statuses: Vec<u16> = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..24)
+        let handles: Vec<_> = (0..32)
             .map(|_| {
                 let (url, image) = (server.url("/v1/detect"), image.clone());
                 s.spawn(move || {
@@ -419,9 +419,12 @@ fn past_its_deadline_a_request_gets_504_and_is_not_run() {
 
 #[test]
 fn frames_of_clients_that_hung_up_are_dropped_before_inference() {
-    let server = Server::start("tiny", &["--replicas", "1", "--max-batch-frames", "1", "--max-wait-us", "0"]);
-    // Keeps the only replica busy for a few hundred milliseconds: 16 long questions, generated.
-    let long: Vec<String> = (0..16)
+    let server = Server::start(
+        "tiny",
+        &["--replicas", "1", "--max-batch-frames", "1", "--max-wait-us", "0", "--max-questions", "48"],
+    );
+    // Keeps the only replica busy for about a second: 48 long questions, generated.
+    let long: Vec<String> = (0..48)
         .map(|i| format!("is the big brown dog number {i} barking at the mail carrier by the front door?"))
         .collect();
     let long: Vec<&str> = long.iter().map(String::as_str).collect();
@@ -429,7 +432,10 @@ fn frames_of_clients_that_hung_up_are_dropped_before_inference() {
     let small = jpeg(&synthetic_frame(64, 48, 9), 90, turbojpeg::Subsamp::Sub2x2);
     std::thread::scope(|s| {
         let url = server.url("/v1/detect");
-        let patient = s.spawn(move || client().post(url).multipart(busy).send().unwrap().status());
+        let patient = s.spawn(move || {
+            let body: Value = client().post(url).multipart(busy).send().unwrap().json().unwrap();
+            (if body["answers"].is_array() { 200 } else { 0 }, body["timings_ms"]["inference"].as_f64().unwrap_or(0.0))
+        });
         std::thread::sleep(Duration::from_millis(60));
         // Clients that give up after 150 ms: their frames wait in the queue behind the busy replica.
         for _ in 0..4 {
@@ -440,13 +446,18 @@ fn frames_of_clients_that_hung_up_are_dropped_before_inference() {
                 let _ = impatient.post(url).multipart(multipart(&small, &["is it?"], &[])).send();
             });
         }
-        assert_eq!(patient.join().unwrap(), 200);
+        let (status, inference_ms) = patient.join().unwrap();
+        assert_eq!(status, 200);
+        // The premise: the replica was busy for longer than the impatient clients waited.
+        assert!(inference_ms > 400.0, "the blocking request took only {inference_ms} ms");
     });
     std::thread::sleep(Duration::from_millis(500));
     let cancelled = server.metric("blipserve_dropped_total{reason=\"cancelled\"}");
     let inferred = server.metric("blipserve_batch_frames_sum");
     assert!(cancelled >= 1.0, "no frame of a departed client was dropped ({inferred} inferred)");
     assert!(inferred + cancelled <= 5.0 && inferred < 5.0, "{inferred} inferred, {cancelled} cancelled");
+    assert_eq!(server.metric("blipserve_in_flight_requests"), 0.0, "departed clients still counted in flight");
+    assert!(server.metric("blipserve_requests_total{outcome=\"cancelled\"}") >= 1.0);
     let resp = client().post(server.url("/v1/detect")).multipart(multipart(&small, &["is it?"], &[])).send().unwrap();
     assert_eq!(resp.status(), 200);
 }

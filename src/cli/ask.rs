@@ -17,7 +17,7 @@ pub struct AskArgs {
     #[command(flatten)]
     model: ModelArgs,
 
-    /// Image file (JPEG, PNG or WebP).
+    /// Image file (JPEG, PNG, WebP, GIF or BMP).
     #[arg(long)]
     image: PathBuf,
 

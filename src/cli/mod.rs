@@ -1,4 +1,4 @@
-//! Command-line roles. Every flag has an environment-variable twin (shown by `--help`).
+//! Command-line roles. Settings flags have environment-variable twins (shown by `--help`).
 
 mod ask;
 mod loadtest;

@@ -148,6 +148,10 @@ pub fn run(args: ServeArgs, init_logging: fn(bool)) -> anyhow::Result<()> {
     manifest.shapes()?;
     let tokenizer = QuestionTokenizer::load(&model_dir, &manifest.tokens, manifest.max_question_len)?;
     let preprocessor = Preprocessor::new(&manifest.preprocess, load.image_limits);
+    // A catalogue question the model cannot take is a configuration error, not a client's.
+    for (name, behavior) in behaviors.iter() {
+        tokenizer.encode(&behavior.question).with_context(|| format!("behavior {name:?}"))?;
+    }
 
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async move {
@@ -189,6 +193,7 @@ pub fn run(args: ServeArgs, init_logging: fn(bool)) -> anyhow::Result<()> {
             model_id: manifest.model_id.clone(),
             max_new_tokens: manifest.generate.max_length - 1,
             info,
+            preprocess_permits: Arc::new(tokio::sync::Semaphore::new(2 * super::cores())),
         });
         let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
         let bound = listener.local_addr()?;

@@ -73,6 +73,7 @@ pub struct Engine {
     loaded: Arc<AtomicUsize>,
     failed: Arc<AtomicBool>,
     replicas: usize,
+    capacity: usize,
     metrics: Arc<Metrics>,
 }
 
@@ -99,7 +100,15 @@ impl Engine {
             metrics: metrics.clone(),
         }
         .spawn();
-        let engine = Engine { queue, depth, loaded, failed, replicas: config.replicas, metrics };
+        let engine = Engine {
+            queue,
+            depth,
+            loaded,
+            failed,
+            replicas: config.replicas,
+            capacity: config.queue_capacity,
+            metrics,
+        };
         (engine, loaded_rx)
     }
 
@@ -127,6 +136,11 @@ impl Engine {
 
     pub fn replicas(&self) -> usize {
         self.replicas
+    }
+
+    /// A job submitted now would be refused (callers check before costly preprocessing).
+    pub fn queue_is_full(&self) -> bool {
+        self.queue_depth() >= self.capacity
     }
 
     pub fn queue_depth(&self) -> usize {

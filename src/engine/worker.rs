@@ -58,11 +58,16 @@ pub(super) fn spawn(
         .spawn(move || {
             // Intra-op threads are per OS thread in libtorch's OpenMP pool.
             tch::set_num_threads(config.threads_per_replica.max(1) as i32);
-            let model = match Model::load(&config.model_dir, &config.load) {
-                Ok(model) => model,
-                Err(e) => {
+            let loaded = catch_unwind(AssertUnwindSafe(|| Model::load(&config.model_dir, &config.load)));
+            let model = match loaded {
+                Ok(Ok(model)) => model,
+                Ok(Err(e)) => {
                     tracing::error!(replica = id, error = %e, "model replica failed to load");
                     report.finish(Err(e.to_string()));
+                    return;
+                }
+                Err(_) => {
+                    report.finish(Err("loading the model panicked".into()));
                     return;
                 }
             };

@@ -80,14 +80,12 @@ pub async fn detect(
     request: Request,
 ) -> Response {
     let started = Instant::now();
-    state.metrics.in_flight.inc();
+    let mut guard = InFlight::new(&state);
     let result = handle(&state, &request_id, started, request).await;
-    state.metrics.in_flight.dec();
-    let outcome = match &result {
+    guard.finish(match &result {
         Ok(_) => "ok",
         Err(e) => e.code(),
-    };
-    state.metrics.requests.with_label_values(&[outcome]).inc();
+    });
     match result {
         Ok(response) => response,
         Err(e) => {
@@ -97,31 +95,71 @@ pub async fn detect(
     }
 }
 
+/// Counts a detect request in flight, and its outcome: `cancelled` when the client hung up
+/// and the handler was dropped before finishing.
+struct InFlight<'a> {
+    state: &'a AppState,
+    outcome: Option<&'static str>,
+}
+
+impl<'a> InFlight<'a> {
+    fn new(state: &'a AppState) -> Self {
+        state.metrics.in_flight.inc();
+        InFlight { state, outcome: None }
+    }
+
+    fn finish(&mut self, outcome: &'static str) {
+        self.outcome = Some(outcome);
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.state.metrics.in_flight.dec();
+        self.state.metrics.requests.with_label_values(&[self.outcome.unwrap_or("cancelled")]).inc();
+    }
+}
+
 async fn handle(state: &AppState, request_id: &str, started: Instant, request: Request) -> Result<Response, ApiError> {
-    // The body is read (bounded) before refusing anything: a client still sending when the
-    // server answers and closes sees a broken connection instead of the answer.
-    let headers = request.headers().clone();
-    let raw = read_body(state, request).await;
-    state.authorize(&headers)?;
+    let deadline = started + state.limits.request_timeout;
+    // The body is read (bounded in size and time) before refusing anything: a client still
+    // sending when the server answers and closes sees a broken connection instead of the answer.
+    let (parts, body) = request.into_parts();
+    let bytes = match tokio::time::timeout_at(deadline.into(), read_limited(body, state.limits.max_body_bytes)).await {
+        Err(_) => return Err(ApiError::DeadlineExceeded),
+        Ok(bytes) => bytes,
+    };
+    state.authorize(&parts.headers)?;
     if !state.engine.is_ready() {
         return Err(ApiError::NotReady);
     }
-    let deadline = started + state.limits.request_timeout;
-    let raw = raw?;
+    let raw = parse_body(parts, bytes?).await?;
     let (image, asked, mode) = validate(state, raw)?;
+    // Refuse before paying for decoding when the queue is already full.
+    if state.engine.queue_is_full() {
+        return Err(ApiError::Overloaded);
+    }
 
+    // Decoding is bounded to a few frames at a time (an 8K frame decodes to ~100 MB).
+    let permit = match tokio::time::timeout_at(deadline.into(), state.preprocess_permits.clone().acquire_owned()).await
+    {
+        Err(_) => return Err(ApiError::DeadlineExceeded),
+        Ok(permit) => permit.map_err(|_| ApiError::ShuttingDown)?,
+    };
     let preprocessor = state.preprocessor.clone();
     let pre_started = Instant::now();
-    let pixels = tokio::task::spawn_blocking(move || preprocessor.pixels(&image))
-        .await
-        .map_err(|e| ApiError::Internal(format!("preprocessing task: {e}")))??;
+    let pixels = tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        preprocessor.pixels(&image)
+    })
+    .await
+    .map_err(|e| ApiError::Internal(format!("preprocessing task: {e}")))??;
     let preprocess = pre_started.elapsed();
 
     let (reply, answer) = tokio::sync::oneshot::channel();
     let questions = asked.iter().map(|a| a.question.clone()).collect();
     state.engine.submit(Job { pixels, questions, mode, deadline, enqueued: Instant::now(), reply })?;
-    let remaining = deadline.saturating_duration_since(Instant::now());
-    let result = match tokio::time::timeout(remaining, answer).await {
+    let result = match tokio::time::timeout_at(deadline.into(), answer).await {
         Err(_) => return Err(ApiError::DeadlineExceeded),
         Ok(Err(_)) => return Err(ApiError::Internal("the model replica dropped the request".into())),
         Ok(Ok(result)) => result?,
@@ -189,16 +227,14 @@ fn ms(d: Duration) -> f64 {
     (d.as_secs_f64() * 1e6).round() / 1e3
 }
 
-async fn read_body(state: &AppState, request: Request) -> Result<RawDetect, ApiError> {
-    let limit = state.limits.max_body_bytes;
+/// Parses a body already read: multipart/form-data or JSON, by the content type.
+async fn parse_body(parts: axum::http::request::Parts, bytes: Bytes) -> Result<RawDetect, ApiError> {
     let content_type =
-        request.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
+        parts.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
     let mime = content_type.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
     if mime != "multipart/form-data" && mime != "application/json" {
         return Err(ApiError::UnsupportedMediaType(content_type));
     }
-    let (parts, body) = request.into_parts();
-    let bytes = read_limited(body, limit).await?;
     if mime == "application/json" {
         let json: JsonDetect = serde_json::from_slice(&bytes).map_err(|e| ApiError::BadJson(e.to_string()))?;
         let image = match json.image {
@@ -289,7 +325,7 @@ fn validate(state: &AppState, raw: RawDetect) -> Result<(Bytes, Vec<Asked>, Answ
         if text.trim().is_empty() {
             return Err(ApiError::EmptyQuestion);
         }
-        if chars > state.limits.max_question_chars {
+        if behavior.is_none() && chars > state.limits.max_question_chars {
             return Err(ApiError::QuestionTooLong { chars, max: state.limits.max_question_chars });
         }
         let question =

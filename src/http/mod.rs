@@ -40,6 +40,8 @@ pub struct AppState {
     pub max_new_tokens: usize,
     /// The static part of `GET /v1/info`.
     pub info: serde_json::Value,
+    /// Frames being decoded at once (decoding an 8K frame takes ~100 MB).
+    pub preprocess_permits: Arc<tokio::sync::Semaphore>,
 }
 
 impl AppState {

@@ -89,7 +89,7 @@ fn spec(state: &AppState) -> Value {
                             },
                             "content": { "application/json": { "schema": { "$ref": "#/components/schemas/DetectResponse" } } }
                         },
-                        "400": error_response("Invalid request: bad_json, bad_multipart, bad_base64, missing_image, bad_image, no_question, too_many_questions, empty_question, question_too_long, unknown_behavior, bad_mode"),
+                        "400": error_response("Invalid request: bad_json, bad_multipart, bad_base64, missing_image, bad_image, no_question, too_many_questions, empty_question, question_too_long, bad_question, unknown_behavior, bad_mode"),
                         "401": error_response("unauthorized: API keys are configured and none matched"),
                         "413": error_response("body_too_large, or image_too_large (dimensions over the limit)"),
                         "415": error_response("unsupported_media_type (not multipart/form-data or application/json), or unsupported_image_format"),

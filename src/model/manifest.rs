@@ -153,12 +153,18 @@ impl Manifest {
                 _ => Err(LoadError::Manifest(format!("{what} must be a fixed positive size, got {d:?}"))),
             }
         };
-        let dim = |d: Option<i64>| d.map(|n| n as usize);
+        let dim = |what: &str, d: Option<i64>| -> Result<Option<usize>, LoadError> {
+            match d {
+                None => Ok(None),
+                Some(n) if n > 0 => Ok(Some(n as usize)),
+                Some(n) => Err(LoadError::Manifest(format!("{what} must be positive or null, got {n}"))),
+            }
+        };
         let shapes = Shapes {
-            image_batch: dim(pixels[0]),
-            question_batch: dim(ids[0]),
-            question_len: dim(ids[1]),
-            decoder_len: dim(dec_ids[1]),
+            image_batch: dim("image batch", pixels[0])?,
+            question_batch: dim("question batch", ids[0])?,
+            question_len: dim("question length", ids[1])?,
+            decoder_len: dim("decoder length", dec_ids[1])?,
             image_size: (fixed("pixel_values height", pixels[2])?, fixed("pixel_values width", pixels[3])?),
             image_tokens: fixed("image_embeds tokens", image_embeds[1])?,
             vision_hidden: fixed("image_embeds hidden size", image_embeds[2])?,

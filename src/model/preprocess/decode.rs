@@ -39,7 +39,7 @@ pub enum ImageFormat {
 pub enum ImageError {
     #[error("the image is empty")]
     Empty,
-    #[error("unsupported image format ({0}); send JPEG, PNG or WebP")]
+    #[error("unsupported image format ({0}); send JPEG, PNG, WebP, GIF or BMP")]
     UnsupportedFormat(String),
     #[error("image is {width}×{height}; the limit is {max_width}×{max_height} and {max_pixels} pixels")]
     TooLarge { width: u64, height: u64, max_width: u32, max_height: u32, max_pixels: u64 },
