@@ -85,6 +85,11 @@ pub struct ServeArgs {
     log_format: Option<String>,
 }
 
+/// A flag (or its environment twin) beats the configuration file, which beats the default.
+fn setting<T>(flag: Option<T>, file: Option<T>, default: T) -> T {
+    flag.or(file).unwrap_or(default)
+}
+
 pub fn run(args: ServeArgs, init_logging: fn(bool)) -> anyhow::Result<()> {
     let file = match &args.config {
         Some(path) => FileConfig::read(path)?,
@@ -97,17 +102,17 @@ pub fn run(args: ServeArgs, init_logging: fn(bool)) -> anyhow::Result<()> {
     let model_dir = args.model.model_dir(&file);
     let load = args.model.load_options(&file)?;
     let threads = args.model.threads(&file);
-    let replicas = args.replicas.or(file.replicas).unwrap_or_else(|| (super::cores() / threads).max(1)).max(1);
-    let pick = |flag: Option<u64>, file: Option<u64>, default: u64| flag.or(file).unwrap_or(default);
+    let replicas = setting(args.replicas, file.replicas, (super::cores() / threads).max(1)).max(1);
     let limits = RequestLimits {
-        max_body_bytes: args.max_body_bytes.or(file.max_body_bytes).unwrap_or(config::DEFAULT_MAX_BODY_BYTES),
-        max_questions: args.max_questions.or(file.max_questions).unwrap_or(config::DEFAULT_MAX_QUESTIONS).max(1),
-        max_question_chars: args
-            .max_question_chars
-            .or(file.max_question_chars)
-            .unwrap_or(config::DEFAULT_MAX_QUESTION_CHARS)
-            .max(1),
-        request_timeout: Duration::from_millis(pick(
+        max_body_bytes: setting(args.max_body_bytes, file.max_body_bytes, config::DEFAULT_MAX_BODY_BYTES),
+        max_questions: setting(args.max_questions, file.max_questions, config::DEFAULT_MAX_QUESTIONS).max(1),
+        max_question_chars: setting(
+            args.max_question_chars,
+            file.max_question_chars,
+            config::DEFAULT_MAX_QUESTION_CHARS,
+        )
+        .max(1),
+        request_timeout: Duration::from_millis(setting(
             args.request_timeout_ms,
             file.request_timeout_ms,
             config::DEFAULT_REQUEST_TIMEOUT_MS,
@@ -118,21 +123,18 @@ pub fn run(args: ServeArgs, init_logging: fn(bool)) -> anyhow::Result<()> {
         load: load.clone(),
         replicas,
         threads_per_replica: threads,
-        max_batch_frames: args
-            .max_batch_frames
-            .or(file.max_batch_frames)
-            .unwrap_or(config::DEFAULT_MAX_BATCH_FRAMES)
+        max_batch_frames: setting(args.max_batch_frames, file.max_batch_frames, config::DEFAULT_MAX_BATCH_FRAMES)
             .max(1),
-        max_wait: Duration::from_micros(pick(args.max_wait_us, file.max_wait_us, config::DEFAULT_MAX_WAIT_US)),
-        queue_capacity: args.queue_capacity.or(file.queue_capacity).unwrap_or(config::DEFAULT_QUEUE_CAPACITY).max(1),
+        max_wait: Duration::from_micros(setting(args.max_wait_us, file.max_wait_us, config::DEFAULT_MAX_WAIT_US)),
+        queue_capacity: setting(args.queue_capacity, file.queue_capacity, config::DEFAULT_QUEUE_CAPACITY).max(1),
     };
     let shutdown = Shutdown {
-        drain_delay: Duration::from_millis(pick(
+        drain_delay: Duration::from_millis(setting(
             args.drain_delay_ms,
             file.drain_delay_ms,
             config::DEFAULT_DRAIN_DELAY_MS,
         )),
-        grace: Duration::from_secs(pick(
+        grace: Duration::from_secs(setting(
             args.shutdown_grace_s,
             file.shutdown_grace_s,
             config::DEFAULT_SHUTDOWN_GRACE_S,

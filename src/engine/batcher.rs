@@ -27,62 +27,48 @@ impl Batcher {
 
     fn run(self) {
         let Batcher { config, jobs, idle, workers, depth, metrics } = self;
-        batch_loop(config, jobs, idle, workers, depth, metrics)
-    }
-}
-
-fn batch_loop(
-    config: EngineConfig,
-    jobs: mpsc::Receiver<Job>,
-    idle: mpsc::Receiver<usize>,
-    workers: Vec<mpsc::Sender<Vec<Job>>>,
-    depth: Arc<AtomicUsize>,
-    metrics: Arc<Metrics>,
-) {
-    let take = |job: Job| {
-        depth.fetch_sub(1, Ordering::SeqCst);
-        metrics.queue_depth.dec();
-        job
-    };
-    // A job of another answer mode than the batch being built waits for the next batch.
-    let mut carried: Option<Job> = None;
-    loop {
-        let Ok(worker) = idle.recv() else { return };
-        let first = match carried.take() {
-            Some(job) => job,
-            None => match jobs.recv() {
-                Ok(job) => take(job),
-                Err(_) => return, // queue closed: shutting down
-            },
+        let take = |job: Job| {
+            depth.fetch_sub(1, Ordering::SeqCst);
+            metrics.queue_depth.dec();
+            job
         };
-        let mode = first.mode;
-        let mut batch = vec![first];
-        let until = Instant::now() + config.max_wait;
-        while batch.len() < config.max_batch_frames && carried.is_none() {
-            let next = match jobs.try_recv() {
-                Ok(job) => Ok(job),
-                Err(_) => jobs.recv_timeout(until.saturating_duration_since(Instant::now())),
+        // A job of another answer mode than the batch being built waits for the next batch.
+        let mut carried: Option<Job> = None;
+        loop {
+            let Ok(worker) = idle.recv() else { return };
+            let first = match carried.take() {
+                Some(job) => job,
+                None => match jobs.recv() {
+                    Ok(job) => take(job),
+                    Err(_) => return, // queue closed: shutting down
+                },
             };
-            match next {
-                Ok(job) if job.mode == mode => batch.push(take(job)),
-                Ok(job) => carried = Some(take(job)),
-                Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => break,
+            let mode = first.mode;
+            let mut batch = vec![first];
+            let until = Instant::now() + config.max_wait;
+            while batch.len() < config.max_batch_frames && carried.is_none() {
+                // Returns at once when a job is already waiting.
+                match jobs.recv_timeout(until.saturating_duration_since(Instant::now())) {
+                    Ok(job) if job.mode == mode => batch.push(take(job)),
+                    Ok(job) => carried = Some(take(job)),
+                    Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => break,
+                }
             }
-        }
-        let now = Instant::now();
-        let (live, dropped): (Vec<Job>, Vec<Job>) =
-            batch.into_iter().partition(|job| !job.reply.is_closed() && job.deadline > now);
-        for job in dropped {
-            if job.reply.is_closed() {
-                metrics.dropped.with_label_values(&["cancelled"]).inc();
-            } else {
-                metrics.dropped.with_label_values(&["expired"]).inc();
-                let _ = job.reply.send(Err(EngineError::Expired));
+            let now = Instant::now();
+            let (live, dropped): (Vec<Job>, Vec<Job>) =
+                batch.into_iter().partition(|job| !job.reply.is_closed() && job.deadline > now);
+            for job in dropped {
+                if job.reply.is_closed() {
+                    metrics.dropped.with_label_values(&["cancelled"]).inc();
+                } else {
+                    metrics.dropped.with_label_values(&["expired"]).inc();
+                    let _ = job.reply.send(Err(EngineError::Expired));
+                }
             }
-        }
-        // An empty batch just hands the replica back to the idle pool.
-        if workers[worker].send(live).is_err() {
-            tracing::error!(replica = worker, "model replica has stopped");
+            // An empty batch just hands the replica back to the idle pool.
+            if workers[worker].send(live).is_err() {
+                tracing::error!(replica = worker, "model replica has stopped");
+            }
         }
     }
 }

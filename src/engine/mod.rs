@@ -134,10 +134,6 @@ impl Engine {
         !self.failed.load(Ordering::SeqCst) && self.loaded.load(Ordering::SeqCst) == self.replicas
     }
 
-    pub fn replicas(&self) -> usize {
-        self.replicas
-    }
-
     /// A job submitted now would be refused (callers check before costly preprocessing).
     pub fn queue_is_full(&self) -> bool {
         self.queue_depth() >= self.capacity

@@ -58,11 +58,6 @@ impl QuestionTokenizer {
         Ok(QuestionTokenizer { tokenizer, max_len })
     }
 
-    /// The longest question, in tokens including [CLS] and [SEP].
-    pub fn max_len(&self) -> usize {
-        self.max_len
-    }
-
     pub fn encode(&self, text: &str) -> Result<Question, QuestionError> {
         let text = text.trim();
         if text.is_empty() {

@@ -43,10 +43,6 @@ impl Preprocessor {
         }
     }
 
-    pub fn limits(&self) -> &ImageLimits {
-        &self.limits
-    }
-
     /// Decoded and resized, before rescaling: what the parity tests compare with Pillow.
     pub fn resized(&self, bytes: &[u8]) -> Result<RgbImage, ImageError> {
         let rgb = decode(bytes, &self.limits)?;
