@@ -217,6 +217,28 @@ fn api_keys_guard_detect_only() {
     for open in ["/health", "/ready", "/metrics", "/openapi.json", "/v1/behaviors"] {
         assert_eq!(client().get(server.url(open)).send().unwrap().status(), 200, "{open}");
     }
+    // A stray comma would add an empty key: refused at start-up (bounded wait: a server that
+    // starts anyway is killed and the test fails).
+    let mut child = Command::new(env!("CARGO_BIN_EXE_blipserve"))
+        .args(["serve", "--listen", "127.0.0.1", "--port", "0", "--api-key", "k1,", "--model"])
+        .arg(model_dir("tiny"))
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break Some(status);
+        }
+        if started.elapsed() > Duration::from_secs(10) {
+            let _ = child.kill();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let stderr = child.wait_with_output().unwrap().stderr;
+    assert!(status.is_some_and(|s| !s.success()), "a server with an empty API key started");
+    assert!(String::from_utf8_lossy(&stderr).contains("API key is empty"));
 }
 
 #[test]

@@ -142,6 +142,11 @@ pub fn run(args: ServeArgs, init_logging: fn(bool)) -> anyhow::Result<()> {
     };
     let api_keys: Vec<String> =
         if args.api_keys.is_empty() { file.api_keys.clone().unwrap_or_default() } else { args.api_keys.clone() };
+    // An empty or padded key (e.g. from a trailing comma) is a typo no client could match.
+    anyhow::ensure!(
+        api_keys.iter().all(|k| !k.is_empty() && k.trim() == k),
+        "an API key is empty or has surrounding spaces (check --api-key / BLIPSERVE_API_KEYS for a stray comma)"
+    );
     let behaviors = Catalogue::with(file.behaviors.clone())?;
     let addr = config::socket_addr(args.listen, args.port, &file);
 
