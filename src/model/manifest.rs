@@ -212,7 +212,9 @@ impl Manifest {
             _ => false,
         };
         if !frames_fit {
-            return mismatch("text encoder's image_kv batch must be dynamic, or fixed with room for a frame per question");
+            return mismatch(
+                "text encoder's image_kv batch must be dynamic, or fixed with room for a frame per question",
+            );
         }
         let fixed_dims = [shapes.image_batch, shapes.question_batch, shapes.question_len, shapes.decoder_len];
         if self.static_shapes != fixed_dims.iter().all(Option::is_some) {
