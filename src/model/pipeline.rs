@@ -135,19 +135,26 @@ impl Model {
     /// batch (zero frames as filler).
     fn encode_images(&self, frames: &[&Pixels]) -> Result<Tensor, InferenceError> {
         let (h, w) = self.shapes.image_size;
-        let expected = vec![3, h as i64, w as i64];
         for p in frames {
-            if p.0.size() != expected {
-                return Err(InferenceError::PixelShape { expected, got: p.0.size() });
+            if (p.height, p.width) != (h, w) || p.values.len() != 3 * h * w {
+                return Err(InferenceError::PixelShape {
+                    expected: vec![3, h as i64, w as i64],
+                    got: vec![(p.values.len() / (p.height * p.width).max(1)) as i64, p.height as i64, p.width as i64],
+                });
             }
         }
         let chunk = self.shapes.image_batch.unwrap_or(frames.len());
-        let filler = Tensor::zeros([3, h as i64, w as i64], (Kind::Float, tch::Device::Cpu));
         let mut outputs = Vec::new();
         for group in frames.chunks(chunk) {
-            let mut batch: Vec<&Tensor> = group.iter().map(|p| &p.0).collect();
-            batch.resize(chunk, &filler);
-            let input = Tensor::f_stack(&batch, 0)?.f_to_device(self.tensor_device())?.f_to_kind(self.kind)?;
+            let mut values = Vec::with_capacity(chunk * 3 * h * w);
+            for p in group {
+                values.extend_from_slice(&p.values);
+            }
+            values.resize(chunk * 3 * h * w, 0.0);
+            let input = Tensor::from_slice(&values)
+                .f_view([chunk as i64, 3, h as i64, w as i64])?
+                .f_to_device(self.tensor_device())?
+                .f_to_kind(self.kind)?;
             let kv = self.image_encoder.forward_ts(&[input])?;
             let [planes, tokens, hidden] = self.shapes.image_kv.map(|d| d as i64);
             check_shape("image_encoder", &kv, &[chunk as i64, planes, tokens, hidden])?;
