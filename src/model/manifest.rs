@@ -194,7 +194,7 @@ impl Manifest {
         if enc_kv[1..] != image_kv[1..] {
             return mismatch("text encoder's image_kv differ from the image encoder's output");
         }
-        if shapes.image_kv[0] % 2 != 0 {
+        if !shapes.image_kv[0].is_multiple_of(2) {
             return mismatch("image_kv must hold a key and a value per layer");
         }
         if dec_question[1..] != question_embeds[1..] || dec_question[0] != question_embeds[0] {
