@@ -187,7 +187,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", type=Path, default=repo / "target/bench", help="frames, reports and logs")
     p.add_argument("--concurrency", type=int, default=2, help="clients of each load test")
     p.add_argument("--reference-requests", type=int, default=8, help="frames measured on the reference")
-    p.add_argument("--requests", type=int, default=24, help="frames measured on blipserve and in-process")
+    p.add_argument("--requests", type=int, default=32, help="frames measured on blipserve and in-process")
     p.add_argument("--max-phase-s", type=float, default=180, help="longest a load test may run")
     p.add_argument("--serve-arg", action="append", default=[], help="extra `blipserve serve` flag (repeatable)")
     args = p.parse_args(argv)

@@ -67,9 +67,21 @@ struct Report {
     preprocess_s: f64,
     /// The pipeline: image encoder, text encoder, decoder.
     inference_s: f64,
+    /// Each batch's time, preprocessing included, in order.
+    batch_ms: Vec<f64>,
 }
 
 pub fn run(args: ThroughputArgs) -> anyhow::Result<()> {
+    // On a thread of its own, as a server replica runs (libtorch's thread pool and the memory
+    // allocator's arenas are per thread).
+    std::thread::Builder::new()
+        .name("replica-0".into())
+        .spawn(move || measure(args))?
+        .join()
+        .map_err(|_| anyhow::anyhow!("the measuring thread panicked"))?
+}
+
+fn measure(args: ThroughputArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.frames > 0 && args.batch_frames > 0, "--frames and --batch-frames must be positive");
     let file = FileConfig::default();
     // As a server replica sets up its thread.
@@ -108,6 +120,7 @@ pub fn run(args: ThroughputArgs) -> anyhow::Result<()> {
         batch(args.batch_frames)?;
     }
     let (mut preprocess, mut inference) = (Duration::ZERO, Duration::ZERO);
+    let mut batch_ms = Vec::new();
     let started = Instant::now();
     let mut done = 0;
     while done < args.frames {
@@ -115,6 +128,7 @@ pub fn run(args: ThroughputArgs) -> anyhow::Result<()> {
         let (p, i) = batch(frames)?;
         preprocess += p;
         inference += i;
+        batch_ms.push((p + i).as_secs_f64() * 1e3);
         done += frames;
         eprint!("\rthroughput: {done}/{} frames, {:.0} s", args.frames, started.elapsed().as_secs_f64());
     }
@@ -130,6 +144,7 @@ pub fn run(args: ThroughputArgs) -> anyhow::Result<()> {
         throughput_per_s: done as f64 / elapsed,
         preprocess_s: preprocess.as_secs_f64(),
         inference_s: inference.as_secs_f64(),
+        batch_ms,
     };
     println!(
         "in-process, {} thread(s), {} frame(s) a batch: {} frames in {:.1} s = {:.2} frames/s × {} questions \
