@@ -7,6 +7,7 @@
 //! CUDA or a NeuronCore). [`config`], [`behaviors`] and [`metrics`] are shared by every role.
 
 pub mod behaviors;
+pub mod cloudwatch;
 pub mod config;
 pub mod device;
 pub mod engine;
