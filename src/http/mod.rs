@@ -2,6 +2,7 @@
 //! parse, validate and map errors; the work happens in the [`crate::engine`].
 
 mod detect;
+pub mod validate;
 pub mod error;
 mod openapi;
 
