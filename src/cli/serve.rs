@@ -1,4 +1,6 @@
-//! `blipserve serve`: the HTTP API and an in-process pool of model replicas in one process.
+//! `blipserve serve` and `blipserve worker`: the HTTP API and an in-process pool of model
+//! replicas in one process. A worker is the same service as the inference tier behind
+//! `blipserve gateway`; only its role (in `/v1/info` and the start-up line) differs.
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -85,12 +87,28 @@ pub struct ServeArgs {
     log_format: Option<String>,
 }
 
+/// Which tier this process is: the whole service, or the inference tier behind a gateway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Serve,
+    Worker,
+}
+
+impl Role {
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Serve => "serve",
+            Role::Worker => "worker",
+        }
+    }
+}
+
 /// A flag (or its environment twin) beats the configuration file, which beats the default.
-fn setting<T>(flag: Option<T>, file: Option<T>, default: T) -> T {
+pub(super) fn setting<T>(flag: Option<T>, file: Option<T>, default: T) -> T {
     flag.or(file).unwrap_or(default)
 }
 
-pub fn run(args: ServeArgs, init_logging: fn(bool)) -> anyhow::Result<()> {
+pub fn run(args: ServeArgs, role: Role, init_logging: fn(bool)) -> anyhow::Result<()> {
     let file = match &args.config {
         Some(path) => FileConfig::read(path)?,
         None => FileConfig::default(),
@@ -166,6 +184,7 @@ pub fn run(args: ServeArgs, init_logging: fn(bool)) -> anyhow::Result<()> {
         let (engine, loaded) = Engine::start(engine_config.clone(), metrics.clone());
         let info = serde_json::json!({
             "version": env!("CARGO_PKG_VERSION"),
+            "role": role.name(),
             "model": {
                 "id": manifest.model_id, "dir": model_dir, "source": manifest.source, "target": manifest.target,
                 "dtype": manifest.dtype, "static_shapes": manifest.static_shapes,
@@ -205,8 +224,10 @@ pub fn run(args: ServeArgs, init_logging: fn(bool)) -> anyhow::Result<()> {
         let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
         let bound = listener.local_addr()?;
         eprintln!(
-            "blipserve: listening on http://{bound} (model {}, {replicas} replica(s) on {})",
-            manifest.model_id, load.device
+            "blipserve: listening on http://{bound} ({}, model {}, {replicas} replica(s) on {})",
+            role.name(),
+            manifest.model_id,
+            load.device
         );
         tokio::spawn(async move {
             match loaded.await {

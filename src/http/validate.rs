@@ -215,7 +215,10 @@ mod tests {
             let e = check(raw(&["a?"], &["barking", "eating"]), &limits(), c).unwrap_err();
             assert_eq!(e.code(), "too_many_questions");
             assert_eq!(check(raw(&[], &[]), &limits(), c).unwrap_err().code(), "no_question");
-            assert_eq!(check(raw(&["a very long question"], &[]), &limits(), c).unwrap_err().code(), "question_too_long");
+            assert_eq!(
+                check(raw(&["a very long question"], &[]), &limits(), c).unwrap_err().code(),
+                "question_too_long"
+            );
         }
         assert_eq!(check(raw(&[], &["juggling"]), &limits(), Some(&catalogue)).unwrap_err().code(), "unknown_behavior");
         // Without the catalogue an unknown name is the worker's to refuse.
