@@ -345,6 +345,12 @@ fn a_worker_killed_with_sigkill_during_load_costs_no_client_request() {
         workers.iter().any(|w| w["url"] == killed && w["healthy"] == false) && admin["pools"][0]["healthy_workers"] == 1
     };
     assert!(eventually(Duration::from_secs(10), dead_is_out), "{}", cluster.admin());
+    let metrics = cluster.metrics();
+    eprintln!(
+        "attempts on the killed pool that failed in transport: {}, retries: {}",
+        sample(&metrics, "blipserve_upstream_requests_total", &[("outcome", "transport")]),
+        sample(&metrics, "blipserve_upstream_retries_total", &[])
+    );
 }
 
 #[test]
