@@ -21,7 +21,7 @@ export BLIPSERVE_PYTHON := $(PYTHON)
 CARGO_TEST := $(shell command -v cargo-nextest >/dev/null 2>&1 && echo "cargo nextest run" || echo "cargo test")
 TEST_ARGS := $(shell command -v cargo-nextest >/dev/null 2>&1 || echo "-- --test-threads=1")
 
-.PHONY: setup system-deps python build models run ask test lint clean-models
+.PHONY: setup system-deps python build models run ask gateway-latency test lint clean-models
 
 setup: system-deps python
 
@@ -67,6 +67,10 @@ ask: build models
 	./target/release/blipserve ask --model $(TINY) --image $(SAMPLE) \
 	  "is the dog barking?" "is the cat sleeping on the sofa?" "is the dog chewing the furniture?"
 	./target/release/blipserve ask --model $(TINY) --image $(SAMPLE) --mode generate "what is the dog doing?"
+
+# The gateway's added latency on loopback: loadtest against a worker directly and through a gateway.
+gateway-latency: build models
+	bash scripts/gateway-latency.sh
 
 lint: setup
 	cargo fmt --check

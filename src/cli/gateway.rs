@@ -79,7 +79,7 @@ pub struct GatewayArgs {
     #[arg(long, env = "BLIPSERVE_HEALTH_TIMEOUT_MS")]
     health_timeout_ms: Option<u64>,
 
-    /// A worker that fails a request (unreachable, 5xx) gets no requests for this long, doubling while it keeps
+    /// A worker that fails a request (unreachable, or a 5xx other than 504) gets no requests for this long, doubling while it keeps
     /// failing (at most 8×), in ms [default: 5000]
     #[arg(long, env = "BLIPSERVE_EJECT_MS")]
     eject_ms: Option<u64>,
