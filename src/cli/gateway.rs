@@ -75,7 +75,7 @@ pub struct GatewayArgs {
     #[arg(long, env = "BLIPSERVE_HEALTH_INTERVAL_MS")]
     health_interval_ms: Option<u64>,
 
-    /// How long a /ready probe may take before the worker counts as down, in ms [default: 1000]
+    /// How long a /ready probe may take before it fails, in ms; two failures in a row take the worker out [default: 1000]
     #[arg(long, env = "BLIPSERVE_HEALTH_TIMEOUT_MS")]
     health_timeout_ms: Option<u64>,
 

@@ -1,8 +1,9 @@
 //! The gateway's view of its workers: pools with weights, each worker's health, and the choice
 //! of a worker for the next request.
 //!
-//! A worker is *healthy* when its last `/ready` probe answered 200 and it is not ejected. A
-//! worker that fails a request (it cannot be reached, or answers 5xx) is ejected at once for a
+//! A worker is *healthy* when its `/ready` probes pass and it is not ejected. A worker is ready
+//! from its first passing probe until [`UNHEALTHY_AFTER`] probes in a row fail (so that one slow
+//! probe does not take out a pool behind a single load-balancer URL). A worker that fails a request (it cannot be reached, or answers 5xx) is ejected at once for a
 //! back-off that doubles with each consecutive ejection (up to 8×) and resets on its next success.
 //!
 //! Choice: a pool by smooth weighted round-robin over the pools with a weight and a healthy
@@ -20,6 +21,9 @@ use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
 use super::config::{check_weights, Backend, PoolSpec, MAX_WEIGHT};
+
+/// Failed `/ready` probes in a row that mark a ready worker down.
+pub const UNHEALTHY_AFTER: u32 = 2;
 
 /// The error-rate window: 12 buckets of 5 seconds.
 const BUCKET_S: u64 = 5;
@@ -111,8 +115,10 @@ pub struct Upstream {
     pub url: String,
     detect: String,
     ready: String,
-    /// The last `/ready` probe answered 200.
+    /// Ready by its `/ready` probes.
     probe_ok: AtomicBool,
+    /// `/ready` probes failed in a row.
+    probe_failures: AtomicU32,
     ejected_until: Mutex<Option<Instant>>,
     /// Ejections since the last success: the back-off doubles with each.
     ejections: AtomicU32,
@@ -127,6 +133,7 @@ impl Upstream {
             detect: format!("{url}/v1/detect"),
             ready: format!("{url}/ready"),
             probe_ok: AtomicBool::new(false),
+            probe_failures: AtomicU32::new(0),
             ejected_until: Mutex::new(None),
             ejections: AtomicU32::new(0),
             in_flight: AtomicUsize::new(0),
@@ -146,9 +153,16 @@ impl Upstream {
         self.probe_ok.load(Ordering::SeqCst)
     }
 
-    /// Records a probe; returns whether the state changed.
+    /// Records a probe; returns whether the worker's readiness changed.
     pub fn set_probe(&self, ok: bool) -> bool {
-        self.probe_ok.swap(ok, Ordering::SeqCst) != ok
+        let ready = if ok {
+            self.probe_failures.store(0, Ordering::SeqCst);
+            true
+        } else {
+            let failures = self.probe_failures.fetch_add(1, Ordering::SeqCst).saturating_add(1);
+            self.probe_ok() && failures < UNHEALTHY_AFTER
+        };
+        self.probe_ok.swap(ready, Ordering::SeqCst) != ready
     }
 
     /// How much longer the worker stays ejected.
@@ -483,7 +497,11 @@ mod tests {
         let s1 = snapshot.pools[1].upstreams[0].clone();
         assert!(snapshot.pick(&[a2.clone(), s1]).is_none());
         a2.set_probe(false);
+        assert_eq!(snapshot.healthy_workers(), 2, "one failed probe is not enough");
+        a2.set_probe(false);
         assert_eq!(snapshot.healthy_workers(), 1);
+        a2.set_probe(true);
+        assert_eq!(snapshot.healthy_workers(), 2, "one passing probe is");
     }
 
     #[test]

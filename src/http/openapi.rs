@@ -309,8 +309,8 @@ fn add_gateway(spec: &mut Value) {
                         "type": "object",
                         "properties": {
                             "url": { "type": "string" },
-                            "healthy": { "type": "boolean", "description": "the last /ready probe passed and it is not ejected" },
-                            "ready": { "type": "boolean", "description": "the last /ready probe passed" },
+                            "healthy": { "type": "boolean", "description": "ready and not ejected" },
+                            "ready": { "type": "boolean", "description": "by its /ready probes: from one passing until two fail in a row" },
                             "ejected_ms": { "type": "integer", "description": "how long it stays ejected after failing requests" },
                             "in_flight": { "type": "integer" },
                             "requests_1m": { "type": "integer" },
