@@ -1,6 +1,7 @@
 //! Command-line roles. Settings flags have environment-variable twins (shown by `--help`).
 
 mod ask;
+mod cloudwatch;
 mod loadtest;
 mod serve;
 
@@ -23,7 +24,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Serve the HTTP API with an in-process pool of model replicas.
-    Serve(serve::ServeArgs),
+    Serve(Box<serve::ServeArgs>),
     /// Answer questions about one image and print one JSON object per question.
     Ask(ask::AskArgs),
     /// Drive a detect endpoint with frames at a fixed concurrency or arrival rate, and report.
@@ -115,7 +116,7 @@ pub fn run() -> ExitCode {
             init_logging(false);
             ask::run(args)
         }
-        Command::Serve(args) => serve::run(args, init_logging),
+        Command::Serve(args) => serve::run(*args, init_logging),
         Command::Loadtest(args) => {
             init_logging(false);
             loadtest::run(args)

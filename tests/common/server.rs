@@ -15,11 +15,17 @@ impl Server {
     /// Starts `blipserve serve` on 127.0.0.1 with an OS-chosen port and waits (at most 60 s)
     /// until /ready says yes.
     pub fn start(model: &str, extra: &[&str]) -> Server {
+        Server::start_with_env(model, extra, &[])
+    }
+
+    /// [`Server::start`] with extra environment variables.
+    pub fn start_with_env(model: &str, extra: &[&str], env: &[(&str, &str)]) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_blipserve"))
             .args(["serve", "--listen", "127.0.0.1", "--port", "0", "--model"])
             .arg(super::model_dir(model))
             .args(extra)
             .env("RUST_LOG", "warn")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
