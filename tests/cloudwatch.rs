@@ -195,3 +195,61 @@ fn publishing_needs_a_group_off_ec2() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("--cloudwatch-group"), "{stderr}");
 }
+
+/// An instance-metadata endpoint speaking IMDSv2 (token first, then tags with the token), as on
+/// an EC2 instance whose launch template allows tags in metadata. Serves `limit` connections.
+fn instance_metadata(group: &'static str, limit: usize) -> String {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().take(limit).flatten() {
+            stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut head = Vec::new();
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                head.push(line.trim_end().to_ascii_lowercase());
+            }
+            let first = head.first().cloned().unwrap_or_default();
+            let has = |h: &str| head.iter().any(|l| l.starts_with(h));
+            let (status, body) =
+                if first.starts_with("put /latest/api/token") && has("x-aws-ec2-metadata-token-ttl-seconds:") {
+                    ("200 OK", "token-1")
+                } else if first.starts_with("get /latest/meta-data/tags/instance/aws:autoscaling:groupname")
+                    && has("x-aws-ec2-metadata-token: token-1")
+                {
+                    ("200 OK", group)
+                } else {
+                    ("401 Unauthorized", "")
+                };
+            let mut stream = stream;
+            let _ = write!(
+                stream,
+                "HTTP/1.1 {status}\r\ncontent-length: {}\r\nx-aws-ec2-metadata-token-ttl-seconds: 21600\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    format!("http://{addr}")
+}
+
+#[test]
+fn the_group_comes_from_instance_metadata() {
+    let imds = instance_metadata("pets-inference-inf2", 16);
+    let server = Server::start_with_env(
+        "tiny",
+        &["--cloudwatch", "--cloudwatch-endpoint", "http://127.0.0.1:9", "--cloudwatch-interval-s", "3600"],
+        &[
+            ("AWS_REGION", "us-east-1"),
+            ("AWS_ACCESS_KEY_ID", "test"),
+            ("AWS_SECRET_ACCESS_KEY", "test"),
+            ("AWS_EC2_METADATA_SERVICE_ENDPOINT", &imds),
+        ],
+    );
+    let log = server.stderr.lock().unwrap().join("\n");
+    assert!(log.contains("(group pets-inference-inf2, backend cpu)"), "{log}");
+}
