@@ -33,6 +33,7 @@ system-deps:
 python:
 	@bash scripts/python-env.sh
 	@bash scripts/python-env.sh tools
+	@bash scripts/python-env.sh localstack
 
 build: setup
 	cargo build --release

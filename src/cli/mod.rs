@@ -1,6 +1,7 @@
 //! Command-line roles. Settings flags have environment-variable twins (shown by `--help`).
 
 mod ask;
+mod cloudwatch;
 mod gateway;
 mod loadtest;
 mod serve;
@@ -24,11 +25,11 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Serve the HTTP API with an in-process pool of model replicas (API and inference in one process).
-    Serve(serve::ServeArgs),
+    Serve(Box<serve::ServeArgs>),
     /// The inference tier behind `blipserve gateway`: the same service, flags and endpoints as `serve`.
-    Worker(serve::ServeArgs),
+    Worker(Box<serve::ServeArgs>),
     /// The API tier: validate detect requests and forward them to weighted pools of workers.
-    Gateway(gateway::GatewayArgs),
+    Gateway(Box<gateway::GatewayArgs>),
     /// Answer questions about one image and print one JSON object per question.
     Ask(ask::AskArgs),
     /// Drive a detect endpoint with frames at a fixed concurrency or arrival rate, and report.
@@ -120,9 +121,9 @@ pub fn run() -> ExitCode {
             init_logging(false);
             ask::run(args)
         }
-        Command::Serve(args) => serve::run(args, serve::Role::Serve, init_logging),
-        Command::Worker(args) => serve::run(args, serve::Role::Worker, init_logging),
-        Command::Gateway(args) => gateway::run(args, init_logging),
+        Command::Serve(args) => serve::run(*args, serve::Role::Serve, init_logging),
+        Command::Worker(args) => serve::run(*args, serve::Role::Worker, init_logging),
+        Command::Gateway(args) => gateway::run(*args, init_logging),
         Command::Loadtest(args) => {
             init_logging(false);
             loadtest::run(args)

@@ -12,12 +12,14 @@ use anyhow::Context;
 use clap::Args;
 
 use blipserve::behaviors::Catalogue;
+use blipserve::cloudwatch::Publisher;
 use blipserve::config::{self, FileConfig, RequestLimits};
 use blipserve::engine::{Engine, EngineConfig};
 use blipserve::http::{self, AppState, Shutdown};
 use blipserve::metrics::Metrics;
 use blipserve::model::{Manifest, Preprocessor, QuestionTokenizer};
 
+use super::cloudwatch::CloudwatchArgs;
 use super::ModelArgs;
 
 /// Flags left unset fall back to the --config file, then to the defaults shown.
@@ -85,6 +87,9 @@ pub struct ServeArgs {
     /// Log format: text or json (RUST_LOG sets the level) [default: text]
     #[arg(long, env = "BLIPSERVE_LOG_FORMAT")]
     log_format: Option<String>,
+
+    #[command(flatten)]
+    cloudwatch: CloudwatchArgs,
 }
 
 /// Which tier this process is: the whole service, or the inference tier behind a gateway.
@@ -102,6 +107,9 @@ impl Role {
         }
     }
 }
+
+/// How long the last CloudWatch delivery may take at exit.
+const PUBLISH_ON_EXIT: Duration = Duration::from_secs(5);
 
 /// A flag (or its environment twin) beats the configuration file, which beats the default.
 pub(super) fn setting<T>(flag: Option<T>, file: Option<T>, default: T) -> T {
@@ -181,6 +189,19 @@ pub fn run(args: ServeArgs, role: Role, init_logging: fn(bool)) -> anyhow::Resul
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async move {
         let metrics = Arc::new(Metrics::new());
+        let publisher = match args.cloudwatch.settings(file.cloudwatch.as_ref(), load.device).await? {
+            Some(settings) => {
+                eprintln!(
+                    "blipserve: publishing to CloudWatch namespace {} every {} s (group {}, backend {})",
+                    settings.namespace,
+                    settings.interval.as_secs(),
+                    settings.group,
+                    settings.backend
+                );
+                Some(Publisher::start(settings, metrics.tally.clone(), metrics.clone()).await?)
+            }
+            None => None,
+        };
         let (engine, loaded) = Engine::start(engine_config.clone(), metrics.clone());
         let info = serde_json::json!({
             "version": env!("CARGO_PKG_VERSION"),
@@ -240,6 +261,10 @@ pub fn run(args: ServeArgs, role: Role, init_logging: fn(bool)) -> anyhow::Resul
             }
         });
         http::serve(listener, http::router(state), draining, shutdown).await?;
+        if let Some(publisher) = publisher {
+            // The last interval's counts, so a group scaling in sees this instance's final load.
+            publisher.shutdown(PUBLISH_ON_EXIT).await;
+        }
         eprintln!("blipserve: stopped");
         anyhow::Ok(())
     })

@@ -22,6 +22,32 @@ pub const DIM_GROUP: &str = "AutoScalingGroupName";
 /// Dimension naming the inference backend: `neuron`, `gpu` or `cpu`.
 pub const DIM_BACKEND: &str = "Backend";
 
-/// Every metric is published under both dimension sets: the group alone (scaling policies and
-/// alarms) and the group with the backend (the dashboard's per-backend view).
-pub const DIMENSION_SETS: [&[&str]; 2] = [&[DIM_GROUP], &[DIM_GROUP, DIM_BACKEND]];
+/// Every metric is published under both dimension sets: the group (its scaling policy and
+/// alarms) and the backend alone (the whole fleet's view per backend, across groups).
+pub const DIMENSION_SETS: [&[&str]; 2] = [&[DIM_GROUP], &[DIM_BACKEND]];
+
+mod publisher;
+mod tally;
+
+pub use publisher::{Publisher, Settings};
+pub use tally::{Snapshot, StatSet, Tally};
+
+/// The instance's Auto Scaling group, from its `aws:autoscaling:groupName` tag in the instance
+/// metadata (IMDSv2; the launch template must allow tags in metadata). Fails fast off EC2.
+pub async fn discover_group() -> anyhow::Result<String> {
+    let imds = aws_config::imds::Client::builder()
+        .connect_timeout(std::time::Duration::from_millis(500))
+        .read_timeout(std::time::Duration::from_secs(1))
+        .max_attempts(2)
+        .build();
+    let name = imds.get("/latest/meta-data/tags/instance/aws:autoscaling:groupName").await.map_err(|e| {
+        anyhow::anyhow!(
+            "CloudWatch publishing needs the Auto Scaling group's name: pass --cloudwatch-group, or run on EC2 \
+             with instance metadata tags allowed ({})",
+            aws_sdk_cloudwatch::error::DisplayErrorContext(e)
+        )
+    })?;
+    let name = name.as_ref().trim().to_string();
+    anyhow::ensure!(!name.is_empty(), "the instance's aws:autoscaling:groupName tag is empty");
+    Ok(name)
+}

@@ -60,12 +60,12 @@ pub async fn detect(
     request: Request,
 ) -> Response {
     let started = Instant::now();
-    let mut guard = InFlight::new(&state);
+    let mut guard = InFlight::new(&state, started);
     let result = handle(&state, &request_id, started, request).await;
-    guard.finish(match &result {
-        Ok(_) => "ok",
-        Err(e) => e.code(),
-    });
+    match &result {
+        Ok(_) => guard.finish("ok", 200),
+        Err(e) => guard.finish(e.code(), e.status().as_u16()),
+    }
     match result {
         Ok(response) => response,
         Err(e) => {
@@ -79,24 +79,31 @@ pub async fn detect(
 /// and the handler was dropped before finishing.
 struct InFlight<'a> {
     state: &'a AppState,
-    outcome: Option<&'static str>,
+    started: Instant,
+    outcome: Option<(&'static str, u16)>,
 }
 
 impl<'a> InFlight<'a> {
-    fn new(state: &'a AppState) -> Self {
+    fn new(state: &'a AppState, started: Instant) -> Self {
         state.metrics.in_flight.inc();
-        InFlight { state, outcome: None }
+        InFlight { state, started, outcome: None }
     }
 
-    fn finish(&mut self, outcome: &'static str) {
-        self.outcome = Some(outcome);
+    fn finish(&mut self, outcome: &'static str, status: u16) {
+        self.outcome = Some((outcome, status));
     }
 }
 
+/// What a request whose client hung up is counted as (nginx's "client closed request").
+const CLIENT_CLOSED: u16 = 499;
+
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
-        self.state.metrics.in_flight.dec();
-        self.state.metrics.requests.with_label_values(&[self.outcome.unwrap_or("cancelled")]).inc();
+        let (outcome, status) = self.outcome.unwrap_or(("cancelled", CLIENT_CLOSED));
+        let metrics = &self.state.metrics;
+        metrics.in_flight.dec();
+        metrics.requests.with_label_values(&[outcome]).inc();
+        metrics.tally.record(status, self.started.elapsed());
     }
 }
 

@@ -20,6 +20,16 @@ impl Server {
         Server::start_role("serve", model, 0, extra)
     }
 
+    /// [`Server::start`] with extra environment variables.
+    pub fn start_with_env(model: &str, extra: &[&str], env: &[(&str, &str)]) -> Server {
+        let mut args: Vec<OsString> = vec!["serve".into(), "--listen".into(), "127.0.0.1".into(), "--port".into()];
+        args.extend(["0".into(), "--model".into(), super::model_dir(model).into()]);
+        args.extend(extra.iter().map(OsString::from));
+        let server = Server::spawn_with_env(&args, env);
+        server.wait_ready(Duration::from_secs(60));
+        server
+    }
+
     /// Starts `blipserve ROLE` (serve or worker) on 127.0.0.1:`port` (0: OS-chosen) and waits
     /// until /ready says yes.
     pub fn start_role(role: &str, model: &str, port: u16, extra: &[&str]) -> Server {
@@ -33,9 +43,15 @@ impl Server {
 
     /// Starts `blipserve ARGS` and waits (at most 60 s) until it says where it listens.
     pub fn spawn(args: &[OsString]) -> Server {
+        Server::spawn_with_env(args, &[])
+    }
+
+    /// [`Server::spawn`] with extra environment variables.
+    pub fn spawn_with_env(args: &[OsString], env: &[(&str, &str)]) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_blipserve"))
             .args(args)
             .env("RUST_LOG", "warn")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
