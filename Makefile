@@ -21,7 +21,7 @@ export BLIPSERVE_PYTHON := $(PYTHON)
 CARGO_TEST := $(shell command -v cargo-nextest >/dev/null 2>&1 && echo "cargo nextest run" || echo "cargo test")
 TEST_ARGS := $(shell command -v cargo-nextest >/dev/null 2>&1 || echo "-- --test-threads=1")
 
-.PHONY: setup system-deps python build models run ask test lint clean-models
+.PHONY: setup system-deps python build models run ask test lint deploy-lint clean-models
 
 setup: system-deps python
 
@@ -69,7 +69,12 @@ ask: build models
 	  "is the dog barking?" "is the cat sleeping on the sofa?" "is the dog chewing the furniture?"
 	./target/release/blipserve ask --model $(TINY) --image $(SAMPLE) --mode generate "what is the dog doing?"
 
-lint: setup
+# cfn-lint on deploy/*.yaml, hadolint on the Dockerfile, ShellCheck on the instances' scripts
+# (pinned, from PyPI, installed once into a cached .venv-deploy).
+deploy-lint:
+	@bash scripts/deploy-lint.sh
+
+lint: setup deploy-lint
 	cargo fmt --check
 	cargo clippy --all-targets -- -D warnings
 
