@@ -21,7 +21,7 @@ export BLIPSERVE_PYTHON := $(PYTHON)
 CARGO_TEST := $(shell command -v cargo-nextest >/dev/null 2>&1 && echo "cargo nextest run" || echo "cargo test")
 TEST_ARGS := $(shell command -v cargo-nextest >/dev/null 2>&1 || echo "-- --test-threads=1")
 
-.PHONY: setup system-deps python build models run ask gateway-latency test lint clean-models
+.PHONY: setup system-deps python build models run ask gateway-latency test lint deploy-lint clean-models
 
 setup: system-deps python
 
@@ -73,7 +73,12 @@ ask: build models
 gateway-latency: build models
 	bash scripts/gateway-latency.sh
 
-lint: setup
+# cfn-lint on deploy/*.yaml, hadolint on the Dockerfile, ShellCheck on the instances' scripts
+# (pinned, from PyPI, installed once into a cached .venv-deploy).
+deploy-lint:
+	@bash scripts/deploy-lint.sh
+
+lint: setup deploy-lint
 	cargo fmt --check
 	cargo clippy --all-targets -- -D warnings
 
