@@ -316,6 +316,36 @@ mod tests {
     }
 
     #[test]
+    fn one_group_per_point_and_the_capacity_circled() {
+        use crate::loadtest::sweep::{sustainable, tests::point};
+        let points = vec![
+            point(Some(1), 1, 30.0, 40.0, 0),
+            point(Some(1), 4, 60.0, 200.0, 0),
+            point(Some(2), 4, 70.0, 400.0, 3),
+        ];
+        let capacity = sustainable(&points);
+        let report = SweepReport {
+            slo_p99_ms: 250.0,
+            headroom: 0.7,
+            questions_per_frame: 3,
+            requests_per_point: 100,
+            warmup_requests: 0,
+            points,
+            capacity,
+            scaling_target: None,
+            capacity_by_replicas: Vec::new(),
+        };
+        let svg = svg(&report, "a <title> & more");
+        let doc = roxmltree::Document::parse(&svg).expect("well-formed");
+        let class = |c: &str| doc.descendants().filter(|n| n.attribute("class") == Some(c)).count();
+        assert_eq!(class("point"), 3);
+        assert_eq!((class("p50"), class("p99"), class("capacity"), class("slo")), (3, 3, 1, 1));
+        let labels: Vec<_> = doc.descendants().filter_map(|n| n.attribute("data-label")).collect();
+        assert_eq!(labels, ["1-1", "1-4", "2-4"]);
+        assert!(svg.contains("3 err"));
+    }
+
+    #[test]
     fn labels_are_escaped() {
         assert_eq!(escape("a<b & \"c\""), "a&lt;b &amp; &quot;c&quot;");
     }

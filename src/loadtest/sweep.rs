@@ -257,3 +257,64 @@ impl SweepReport {
         out
     }
 }
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::loadtest::Percentiles;
+
+    /// A measured point with the given outcome.
+    pub(crate) fn point(replicas: Option<usize>, concurrency: usize, rps: f64, p99: f64, errors: u64) -> Point {
+        let report = Report {
+            url: String::new(),
+            load: Load::Closed { concurrency },
+            questions_per_frame: 3,
+            requests: 100,
+            ok: 100 - errors,
+            errors: if errors > 0 { BTreeMap::from([("429".to_string(), errors)]) } else { BTreeMap::new() },
+            elapsed_s: 100.0 / rps,
+            throughput_per_s: rps,
+            latency_ms: Percentiles { p50: p99 / 2.0, p90: p99 * 0.9, p99, max: p99 * 1.1, mean: p99 / 2.0 },
+        };
+        let label = replicas.map_or(concurrency.to_string(), |r| format!("{r}-{concurrency}"));
+        Point { label, replicas, concurrency, meets_slo: meets_slo(&report, 250.0), report }
+    }
+
+    #[test]
+    fn capacity_is_the_fastest_point_within_the_objective_and_without_errors() {
+        let points = [
+            point(Some(1), 1, 30.0, 40.0, 0),
+            point(Some(1), 4, 60.0, 200.0, 0),
+            point(Some(1), 8, 70.0, 400.0, 0), // faster, but over the objective
+            point(Some(2), 8, 80.0, 240.0, 5), // within it, but with errors
+            point(Some(2), 4, 55.0, 250.0, 0), // exactly at the objective counts
+        ];
+        let best = sustainable(&points).unwrap();
+        assert_eq!((best.label.as_str(), best.requests_per_s, best.p99_ms), ("1-4", 60.0, 200.0));
+        assert_eq!(sustainable(&points[4..]).unwrap().label, "2-4");
+        assert!(sustainable(&points[2..4]).is_none());
+    }
+
+    #[test]
+    fn csv_has_a_row_per_point_and_errors_by_status() {
+        let report = SweepReport {
+            slo_p99_ms: 250.0,
+            headroom: 0.7,
+            questions_per_frame: 3,
+            requests_per_point: 100,
+            warmup_requests: 0,
+            points: vec![point(Some(1), 2, 30.0, 40.0, 0), point(None, 8, 20.0, 900.0, 7)],
+            capacity: None,
+            scaling_target: None,
+            capacity_by_replicas: Vec::new(),
+        };
+        let csv = report.csv();
+        let lines: Vec<&str> = csv.lines().collect();
+        assert_eq!(lines.len(), 3);
+        let columns = SweepReport::CSV_HEADER.split(',').count();
+        assert!(lines.iter().all(|l| l.split(',').count() == columns), "{csv}");
+        assert!(lines[1].starts_with("1-2,1,2,100,100,0,,"), "{}", lines[1]);
+        assert!(lines[2].starts_with("8,,8,100,93,7,429:7,"), "{}", lines[2]);
+        assert!(lines[2].ends_with(",false"));
+    }
+}
