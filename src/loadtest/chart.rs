@@ -20,6 +20,8 @@ const P99_COLOUR: &str = "#f28e2b";
 const THROUGHPUT_COLOUR: &str = "#2ca02c";
 const SLO_COLOUR: &str = "#d62728";
 const GRID_COLOUR: &str = "#e5e5e5";
+/// The latency axis stops at this many times the objective.
+const LATENCY_CAP: f64 = 4.0;
 
 /// Draws the chart; `title` is its first line.
 pub fn svg(report: &SweepReport, title: &str) -> String {
@@ -29,7 +31,13 @@ pub fn svg(report: &SweepReport, title: &str) -> String {
     let (x0, x1, y0, y1) = (LEFT, width - RIGHT, TOP, HEIGHT - BOTTOM);
     let slot = (x1 - x0) / n;
 
-    let latency_top = points.iter().map(|p| p.report.latency_ms.p99).fold(report.slo_p99_ms, f64::max);
+    // Up to a few times the objective: a saturated point's p99 can be a hundred times it, and
+    // would flatten everything that matters. Taller bars are cut and labelled with their value.
+    let latency_top = points
+        .iter()
+        .map(|p| p.report.latency_ms.p99)
+        .fold(report.slo_p99_ms, f64::max)
+        .min(report.slo_p99_ms * LATENCY_CAP);
     let (latency_max, latency_step) = axis(latency_top);
     let throughput_top = points.iter().map(|p| p.report.throughput_per_s).fold(0.0, f64::max);
     let (throughput_max, throughput_step) = axis(throughput_top);
@@ -66,7 +74,7 @@ pub fn svg(report: &SweepReport, title: &str) -> String {
     for (line, y) in summary.iter().zip([42.0, 58.0]) {
         let _ = writeln!(s, r#"<text x="{x0}" y="{y}">{}</text>"#, escape(line));
     }
-    legend(&mut s, x0, 80.0);
+    legend(&mut s, x0, 76.0);
 
     // Grid and left axis (latency).
     let _ = writeln!(s, r#"<g class="latency-axis">"#);
@@ -163,6 +171,14 @@ pub fn svg(report: &SweepReport, title: &str) -> String {
                 s,
                 r#"<rect class="{class}" x="{x:.1}" y="{y:.1}" width="{bar:.1}" height="{:.1}" fill="{colour}"/>"#,
                 (y1 - y).max(0.0)
+            );
+        }
+        if l.p99 > latency_max {
+            let _ = writeln!(
+                s,
+                r#"<text x="{cx:.1}" y="{:.1}" text-anchor="middle" font-size="10" fill="{P99_COLOUR}">↑{:.0}</text>"#,
+                y0 - 3.0,
+                l.p99
             );
         }
         // Points that do not count towards capacity have their label in the objective's colour.
