@@ -129,15 +129,15 @@ struct SweepArgs {
     concurrency: Vec<usize>,
 
     /// Model directory of the started servers
-    #[arg(long, default_value = "models/tiny")]
+    #[arg(long, default_value = "models/tiny", conflicts_with = "url")]
     model: PathBuf,
 
     /// Intra-op threads per replica of the started servers [default: serve's]
-    #[arg(long)]
+    #[arg(long, conflicts_with = "url")]
     threads: Option<usize>,
 
     /// Extra flag for the started servers, e.g. --serve-arg=--max-batch-frames=4 (repeatable)
-    #[arg(long = "serve-arg", allow_hyphen_values = true)]
+    #[arg(long = "serve-arg", allow_hyphen_values = true, conflicts_with = "url")]
     serve_args: Vec<String>,
 
     #[command(flatten)]
@@ -324,7 +324,7 @@ fn run_sweep(args: SweepArgs) -> anyhow::Result<()> {
 fn print_capacity(report: &SweepReport) {
     let (Some(c), Some(t)) = (&report.capacity, &report.scaling_target) else {
         println!(
-            "sustainable capacity: none: no point answered every request with p99 ≤ {} ms; \
+            "sustainable capacity: none (no point answered every request with p99 ≤ {} ms): \
              lower the concurrency or raise the objective",
             report.slo_p99_ms
         );
