@@ -1,6 +1,7 @@
 # blipserve: everything a fresh machine needs, driven from here.
 #   make run    set up, build, export the tiny model, serve it on 127.0.0.1:8080
 #   make test   set up, then every test and lint
+#   make sweep  the capacity sweep on the tiny model: chart, CSV and JSON in target/sweep
 SHELL := /bin/bash
 .DEFAULT_GOAL := run
 
@@ -21,7 +22,7 @@ export BLIPSERVE_PYTHON := $(PYTHON)
 CARGO_TEST := $(shell command -v cargo-nextest >/dev/null 2>&1 && echo "cargo nextest run" || echo "cargo test")
 TEST_ARGS := $(shell command -v cargo-nextest >/dev/null 2>&1 || echo "-- --test-threads=1")
 
-.PHONY: setup system-deps python build models run ask gateway-latency test lint deploy-lint clean-models
+.PHONY: setup system-deps python build models run ask gateway-latency sweep test lint deploy-lint clean-models
 
 setup: system-deps python
 
@@ -77,6 +78,13 @@ gateway-latency: build models
 # (pinned, from PyPI, installed once into a cached .venv-deploy).
 deploy-lint:
 	@bash scripts/deploy-lint.sh
+
+# Replicas × client concurrency on the tiny model (about two minutes here): the chart, CSV and
+# JSON go to $(SWEEP_OUT), the capacity and scaling target to the terminal.
+SWEEP_OUT ?= target/sweep
+sweep: build models
+	./target/release/blipserve loadtest sweep --model $(TINY) --image $(SAMPLE) --replicas 1,2 --threads 1 \
+	  --concurrency 1,2,4,8,16 --requests 300 --slo-p99-ms 250 --out $(SWEEP_OUT)
 
 lint: setup deploy-lint
 	cargo fmt --check
