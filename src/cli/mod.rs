@@ -33,7 +33,7 @@ enum Command {
     /// Answer questions about one image and print one JSON object per question.
     Ask(ask::AskArgs),
     /// Drive a detect endpoint with frames at a fixed concurrency or arrival rate, and report.
-    Loadtest(loadtest::LoadtestArgs),
+    Loadtest(Box<loadtest::LoadtestArgs>),
 }
 
 /// Where the model comes from and what it runs on; shared by every role that loads a model.
@@ -126,7 +126,7 @@ pub fn run() -> ExitCode {
         Command::Gateway(args) => gateway::run(*args, init_logging),
         Command::Loadtest(args) => {
             init_logging(false);
-            loadtest::run(args)
+            loadtest::run(*args)
         }
     };
     match result {
