@@ -2,6 +2,7 @@
 #   make run    set up, build, export the tiny model, serve it on 127.0.0.1:8080
 #   make test   set up, then every test and lint
 #   make sweep  the capacity sweep on the tiny model: chart, CSV and JSON in target/sweep
+#   make bench  blipserve against plain transformers on the base-size random model (a few minutes)
 SHELL := /bin/bash
 .DEFAULT_GOAL := run
 
@@ -22,7 +23,7 @@ export BLIPSERVE_PYTHON := $(PYTHON)
 CARGO_TEST := $(shell command -v cargo-nextest >/dev/null 2>&1 && echo "cargo nextest run" || echo "cargo test")
 TEST_ARGS := $(shell command -v cargo-nextest >/dev/null 2>&1 || echo "-- --test-threads=1")
 
-.PHONY: setup system-deps python build models run ask gateway-latency sweep test lint deploy-lint clean-models
+.PHONY: setup system-deps python build models run ask gateway-latency sweep bench test lint deploy-lint clean-models
 
 setup: system-deps python
 
@@ -92,6 +93,11 @@ lint: setup deploy-lint
 
 test: setup models lint
 	$(CARGO_TEST) --all-targets $(TEST_ARGS)
+
+# The same frames and questions through a plain transformers server and through blipserve, then
+# in-process: frames/s, p50, p99 and the ratios (benches/bench.py; README "Benchmarks").
+bench: build models/base-random/manifest.json
+	$(PYTHON) benches/bench.py
 
 clean-models:
 	rm -rf $(TINY) $(TINY_STATIC) $(SAMPLE)

@@ -5,7 +5,9 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
-MANIFEST_FORMAT = 1
+# 2: the image encoder outputs the text encoder's cross-attention keys and values (`image_kv`),
+# which the text encoder takes with a `frame_index`; 1 had `image_embeds` go to the text encoder.
+MANIFEST_FORMAT = 2
 
 # Model sizes. `base-random` has blip-vqa-base's exact shapes (the text config's default of 8
 # attention heads is not blip-vqa-base's 12), so it costs what the real model costs.

@@ -76,9 +76,17 @@ fn manifest_that_is_not_json() {
 #[test]
 fn parts_that_disagree_in_the_manifest() {
     let (_tmp, dir) = copy_of_tiny();
-    edit_manifest(&dir, |m| m["parts"]["text_encoder"]["inputs"][2]["shape"][2] = 64.into());
+    edit_manifest(&dir, |m| m["parts"]["text_encoder"]["inputs"][2]["shape"][3] = 64.into());
     let msg = message(load(&dir));
-    assert!(msg.contains("image_embeds differ"), "{msg}");
+    assert!(msg.contains("image_kv differ"), "{msg}");
+}
+
+#[test]
+fn a_directory_exported_before_image_kv_asks_for_a_new_export() {
+    let (_tmp, dir) = copy_of_tiny();
+    edit_manifest(&dir, |m| m["format"] = 1.into());
+    let msg = message(load(&dir));
+    assert!(msg.contains("format 1") && msg.contains("models/export.py"), "{msg}");
 }
 
 #[test]
@@ -92,10 +100,10 @@ fn non_positive_fixed_sizes_are_refused() {
 #[test]
 fn manifest_that_does_not_match_the_modules() {
     let (_tmp, dir) = copy_of_tiny();
-    // Self-consistent, but the traced image encoder really produces 32-wide embeddings.
+    // Self-consistent, but the traced image encoder really produces 32-wide keys and values.
     edit_manifest(&dir, |m| {
-        m["parts"]["image_encoder"]["outputs"][0]["shape"][2] = 64.into();
-        m["parts"]["text_encoder"]["inputs"][2]["shape"][2] = 64.into();
+        m["parts"]["image_encoder"]["outputs"][0]["shape"][3] = 64.into();
+        m["parts"]["text_encoder"]["inputs"][2]["shape"][3] = 64.into();
     });
     let err = load(&dir);
     assert!(matches!(err, Err(LoadError::SelfCheck(_))));

@@ -4,13 +4,13 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::Context;
-use clap::{Args, ValueEnum};
+use clap::Args;
 use serde::Serialize;
 
 use blipserve::config::FileConfig;
-use blipserve::model::{Answer, AnswerMode, FrameQuestions, Model};
+use blipserve::model::{Answer, FrameQuestions, Model};
 
-use super::ModelArgs;
+use super::{AnswerModeArg, ModelArgs};
 
 #[derive(Args, Debug)]
 pub struct AskArgs {
@@ -22,8 +22,8 @@ pub struct AskArgs {
     image: PathBuf,
 
     /// yesno: probability that the answer is yes; generate: free-text answer.
-    #[arg(long, value_enum, default_value_t = Mode::Yesno)]
-    mode: Mode,
+    #[arg(long, value_enum, default_value_t = AnswerModeArg::Yesno)]
+    mode: AnswerModeArg,
 
     /// Longest generated answer in tokens (generate mode; default: the model's limit).
     #[arg(long)]
@@ -32,12 +32,6 @@ pub struct AskArgs {
     /// Questions, e.g. "is the dog barking?".
     #[arg(required = true)]
     questions: Vec<String>,
-}
-
-#[derive(Clone, Copy, Debug, ValueEnum)]
-enum Mode {
-    Yesno,
-    Generate,
 }
 
 #[derive(Serialize)]
@@ -61,12 +55,7 @@ pub fn run(args: AskArgs) -> anyhow::Result<()> {
         .iter()
         .map(|q| model.tokenizer().encode(q).with_context(|| format!("question {q:?}")))
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let mode = match args.mode {
-        Mode::Yesno => AnswerMode::YesNo,
-        Mode::Generate => {
-            AnswerMode::Generate { max_new_tokens: args.max_new_tokens.unwrap_or(model.max_new_tokens()) }
-        }
-    };
+    let mode = args.mode.answer_mode(&model, args.max_new_tokens);
     let answers = model.answer(&[FrameQuestions { pixels: &pixels, questions: &questions }], mode)?;
     let mut out = std::io::stdout().lock();
     for (question, answer) in questions.iter().zip(&answers[0]) {

@@ -5,15 +5,16 @@ mod cloudwatch;
 mod gateway;
 mod loadtest;
 mod serve;
+mod throughput;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use blipserve::config::{self, FileConfig};
 use blipserve::device::Device;
-use blipserve::model::{ImageLimits, LoadOptions};
+use blipserve::model::{AnswerMode, ImageLimits, LoadOptions, Model};
 
 #[derive(Parser)]
 #[command(name = "blipserve", version, about = "Pet-behaviour questions about camera frames, answered by BLIP VQA")]
@@ -34,6 +35,27 @@ enum Command {
     Ask(ask::AskArgs),
     /// Drive a detect endpoint with frames at a fixed concurrency or arrival rate, and report.
     Loadtest(Box<loadtest::LoadtestArgs>),
+    /// Answer frames in-process (no HTTP) in batches, and report frames per second.
+    Throughput(throughput::ThroughputArgs),
+}
+
+/// How questions are answered, as a flag.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum AnswerModeArg {
+    Yesno,
+    Generate,
+}
+
+impl AnswerModeArg {
+    /// Generate mode produces at most `max_new_tokens` tokens, or the model's limit.
+    pub fn answer_mode(self, model: &Model, max_new_tokens: Option<usize>) -> AnswerMode {
+        match self {
+            AnswerModeArg::Yesno => AnswerMode::YesNo,
+            AnswerModeArg::Generate => {
+                AnswerMode::Generate { max_new_tokens: max_new_tokens.unwrap_or(model.max_new_tokens()) }
+            }
+        }
+    }
 }
 
 /// Where the model comes from and what it runs on; shared by every role that loads a model.
@@ -127,6 +149,10 @@ pub fn run() -> ExitCode {
         Command::Loadtest(args) => {
             init_logging(false);
             loadtest::run(*args)
+        }
+        Command::Throughput(args) => {
+            init_logging(false);
+            throughput::run(args)
         }
     };
     match result {

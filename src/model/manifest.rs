@@ -10,7 +10,9 @@ use serde::Deserialize;
 use super::LoadError;
 
 pub const MANIFEST_FILE: &str = "manifest.json";
-const SUPPORTED_FORMAT: u32 = 1;
+/// 2: the image encoder outputs the text encoder's cross-attention keys and values (`image_kv`),
+/// computed once per frame; format 1 handed `image_embeds` to the text encoder.
+const SUPPORTED_FORMAT: u32 = 2;
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct Manifest {
@@ -94,8 +96,11 @@ pub struct Shapes {
     pub question_len: Option<usize>,
     pub decoder_len: Option<usize>,
     pub image_size: (usize, usize),
-    pub image_tokens: usize,
-    pub vision_hidden: usize,
+    /// Frames the text encoder takes image keys and values for; fixed shapes need room for one
+    /// frame per question of its batch.
+    pub question_frames: Option<usize>,
+    /// One frame's `image_kv`: [2 × text layers, image tokens, text hidden].
+    pub image_kv: [usize; 3],
     pub text_hidden: usize,
     pub vocab: usize,
 }
@@ -109,7 +114,8 @@ impl Manifest {
             .map_err(|e| LoadError::Manifest(format!("{} is not a valid manifest: {e}", path.display())))?;
         if manifest.format != SUPPORTED_FORMAT {
             return Err(LoadError::Manifest(format!(
-                "manifest format {} is not supported (this build reads format {SUPPORTED_FORMAT})",
+                "manifest format {} is not supported (this build reads format {SUPPORTED_FORMAT}): export the \
+                 model directory again with models/export.py",
                 manifest.format
             )));
         }
@@ -139,9 +145,10 @@ impl Manifest {
     pub fn shapes(&self) -> Result<Shapes, LoadError> {
         let p = &self.parts;
         let pixels = input(&p.image_encoder, "pixel_values", 4)?;
-        let image_embeds = output(&p.image_encoder, "image_embeds", 3)?;
+        let image_kv = output(&p.image_encoder, "image_kv", 4)?;
         let ids = input(&p.text_encoder, "input_ids", 2)?;
-        let enc_image = input(&p.text_encoder, "image_embeds", 3)?;
+        let enc_kv = input(&p.text_encoder, "image_kv", 4)?;
+        let frame_index = input(&p.text_encoder, "frame_index", 1)?;
         let question_embeds = output(&p.text_encoder, "question_embeds", 3)?;
         let dec_ids = input(&p.text_decoder, "input_ids", 2)?;
         let dec_question = input(&p.text_decoder, "question_embeds", 3)?;
@@ -166,8 +173,12 @@ impl Manifest {
             question_len: dim("question length", ids[1])?,
             decoder_len: dim("decoder length", dec_ids[1])?,
             image_size: (fixed("pixel_values height", pixels[2])?, fixed("pixel_values width", pixels[3])?),
-            image_tokens: fixed("image_embeds tokens", image_embeds[1])?,
-            vision_hidden: fixed("image_embeds hidden size", image_embeds[2])?,
+            question_frames: dim("text encoder frames", enc_kv[0])?,
+            image_kv: [
+                fixed("image_kv planes", image_kv[1])?,
+                fixed("image_kv tokens", image_kv[2])?,
+                fixed("image_kv hidden size", image_kv[3])?,
+            ],
             text_hidden: fixed("question_embeds hidden size", question_embeds[2])?,
             vocab: fixed("logits vocabulary", logits[2])?,
         };
@@ -180,8 +191,11 @@ impl Manifest {
         if (h as usize, w as usize) != shapes.image_size {
             return mismatch("preprocess.size differs from the image encoder's input size");
         }
-        if enc_image[1..] != image_embeds[1..] {
-            return mismatch("text encoder's image_embeds differ from the image encoder's output");
+        if enc_kv[1..] != image_kv[1..] {
+            return mismatch("text encoder's image_kv differ from the image encoder's output");
+        }
+        if !shapes.image_kv[0].is_multiple_of(2) {
+            return mismatch("image_kv must hold a key and a value per layer");
         }
         if dec_question[1..] != question_embeds[1..] || dec_question[0] != question_embeds[0] {
             return mismatch("text decoder's question_embeds differ from the text encoder's output");
@@ -189,8 +203,18 @@ impl Manifest {
         if dec_ids[0] != ids[0] {
             return mismatch("text encoder and decoder batch sizes differ");
         }
-        if enc_image[0] != ids[0] {
-            return mismatch("text encoder's image_embeds batch differs from its input_ids batch");
+        if frame_index[0] != ids[0] {
+            return mismatch("text encoder's frame_index batch differs from its input_ids batch");
+        }
+        let frames_fit = match (shapes.question_frames, shapes.question_batch) {
+            (None, None) => true,
+            (Some(frames), Some(batch)) => frames >= batch,
+            _ => false,
+        };
+        if !frames_fit {
+            return mismatch(
+                "text encoder's image_kv batch must be dynamic, or fixed with room for a frame per question",
+            );
         }
         let fixed_dims = [shapes.image_batch, shapes.question_batch, shapes.question_len, shapes.decoder_len];
         if self.static_shapes != fixed_dims.iter().all(Option::is_some) {

@@ -1,6 +1,11 @@
 //! The three-part pipeline: image encoder once per frame, then every question of every frame
 //! through the text encoder and the decoder as one batch.
 //!
+//! The image encoder turns a frame into the keys and values the text encoder's cross-attention
+//! reads (`image_kv`), so the most expensive part of encoding a question is paid once per frame,
+//! whatever the number of questions about it; the text encoder picks each question's frame by
+//! `frame_index`.
+//!
 //! Padding never changes an answer. Questions of different lengths are right-padded and their
 //! padded positions masked both in the text encoder and in the decoder's cross-attention
 //! (transformers' batched `generate` leaves the latter all ones, so its answers depend on what a
@@ -89,10 +94,10 @@ impl Model {
             }
         }
         let pixels: Vec<&Pixels> = frames.iter().map(|f| f.pixels).collect();
-        let image_embeds = self.encode_images(&pixels)?;
+        let image_kv = self.encode_images(&pixels)?;
 
         for group in self.question_groups(rows) {
-            let encoded = self.encode_questions(&image_embeds, &group)?;
+            let encoded = self.encode_questions(&image_kv, &group)?;
             let group_answers = match mode {
                 AnswerMode::YesNo => self.yes_no(&encoded, group.len())?,
                 AnswerMode::Generate { max_new_tokens } => self.generate(&encoded, group.len(), max_new_tokens)?,
@@ -126,33 +131,44 @@ impl Model {
         self.device.tensor_device()
     }
 
-    /// `[frames, tokens, hidden]`, in chunks of the fixed image batch (zero frames as filler).
+    /// `image_kv` of every frame, `[frames, planes, tokens, hidden]`, in chunks of the fixed image
+    /// batch (zero frames as filler).
     fn encode_images(&self, frames: &[&Pixels]) -> Result<Tensor, InferenceError> {
         let (h, w) = self.shapes.image_size;
-        let expected = vec![3, h as i64, w as i64];
         for p in frames {
-            if p.0.size() != expected {
-                return Err(InferenceError::PixelShape { expected, got: p.0.size() });
+            if (p.height, p.width) != (h, w) || p.values.len() != 3 * h * w {
+                return Err(InferenceError::PixelShape {
+                    expected: vec![3, h as i64, w as i64],
+                    got: vec![(p.values.len() / (p.height * p.width).max(1)) as i64, p.height as i64, p.width as i64],
+                });
             }
         }
         let chunk = self.shapes.image_batch.unwrap_or(frames.len());
-        let filler = Tensor::zeros([3, h as i64, w as i64], (Kind::Float, tch::Device::Cpu));
         let mut outputs = Vec::new();
         for group in frames.chunks(chunk) {
-            let mut batch: Vec<&Tensor> = group.iter().map(|p| &p.0).collect();
-            batch.resize(chunk, &filler);
-            let input = Tensor::f_stack(&batch, 0)?.f_to_device(self.tensor_device())?.f_to_kind(self.kind)?;
-            let embeds = self.image_encoder.forward_ts(&[input])?;
-            let expected = [chunk as i64, self.shapes.image_tokens as i64, self.shapes.vision_hidden as i64];
-            check_shape("image_encoder", &embeds, &expected)?;
-            outputs.push(embeds.f_narrow(0, 0, group.len() as i64)?);
+            let mut values = Vec::with_capacity(chunk * 3 * h * w);
+            for p in group {
+                values.extend_from_slice(&p.values);
+            }
+            values.resize(chunk * 3 * h * w, 0.0);
+            let input = Tensor::from_slice(&values)
+                .f_view([chunk as i64, 3, h as i64, w as i64])?
+                .f_to_device(self.tensor_device())?
+                .f_to_kind(self.kind)?;
+            let kv = self.image_encoder.forward_ts(&[input])?;
+            let [planes, tokens, hidden] = self.shapes.image_kv.map(|d| d as i64);
+            check_shape("image_encoder", &kv, &[chunk as i64, planes, tokens, hidden])?;
+            outputs.push(kv.f_narrow(0, 0, group.len() as i64)?);
+        }
+        if outputs.len() == 1 {
+            return Ok(outputs.remove(0)); // one chunk: no copy
         }
         Ok(Tensor::f_cat(&outputs, 0)?)
     }
 
     /// Runs the text encoder over one group of questions, padded to the group's (or the fixed)
-    /// batch and length.
-    fn encode_questions(&self, image_embeds: &Tensor, group: &[Row<'_>]) -> Result<Encoded, InferenceError> {
+    /// batch and length, with the image keys and values of their frames.
+    fn encode_questions(&self, image_kv: &Tensor, group: &[Row<'_>]) -> Result<Encoded, InferenceError> {
         let t = self.manifest.tokens;
         let batch = self.shapes.question_batch.unwrap_or(group.len());
         let width =
@@ -160,27 +176,49 @@ impl Model {
         let filler = [t.cls, t.sep];
         let mut ids = vec![t.pad; batch * width];
         let mut mask = vec![0i64; batch * width];
-        let mut frame_of_row = vec![group[0].0 as i64; batch];
         for row in 0..batch {
-            let tokens: &[i64] = match group.get(row) {
-                Some((frame, _, q)) => {
-                    frame_of_row[row] = *frame as i64;
-                    &q.ids
-                }
-                None => &filler,
-            };
+            let tokens: &[i64] = group.get(row).map_or(&filler, |(_, _, q)| &q.ids);
             ids[row * width..row * width + tokens.len()].copy_from_slice(tokens);
             mask[row * width..row * width + tokens.len()].fill(1);
         }
+        let (frames, frame_index) = self.question_frames(image_kv, group, batch)?;
         let dev = self.tensor_device();
         let ids = matrix(&ids, batch, width, dev)?;
         let mask = matrix(&mask, batch, width, dev)?;
-        let rows = Tensor::from_slice(&frame_of_row).f_to_device(dev)?;
-        let images = image_embeds.f_index_select(0, &rows)?;
-        let image_mask = Tensor::f_ones([batch as i64, self.shapes.image_tokens as i64], (Kind::Int64, dev))?;
-        let embeds = self.text_encoder.forward_ts(&[&ids, &mask, &images, &image_mask])?;
+        let frame_index = Tensor::from_slice(&frame_index).f_to_device(dev)?;
+        let embeds = self.text_encoder.forward_ts(&[&ids, &mask, &frames, &frame_index])?;
         check_shape("text_encoder", &embeds, &[batch as i64, width as i64, self.shapes.text_hidden as i64])?;
         Ok(Encoded { embeds, mask })
+    }
+
+    /// The image keys and values the text encoder gets for `group`, and each of its `batch` rows'
+    /// frame among them (filler rows take the first). Dynamic shapes: every frame of the batch,
+    /// as it is. Fixed shapes: the group's own frames, repeated up to the fixed frame count.
+    fn question_frames(
+        &self,
+        image_kv: &Tensor,
+        group: &[Row<'_>],
+        batch: usize,
+    ) -> Result<(Tensor, Vec<i64>), InferenceError> {
+        let Some(fixed) = self.shapes.question_frames else {
+            let mut index: Vec<i64> = group.iter().map(|(frame, _, _)| *frame as i64).collect();
+            index.resize(batch, index[0]);
+            return Ok((image_kv.shallow_clone(), index));
+        };
+        let mut frames: Vec<i64> = Vec::new();
+        let mut index = Vec::with_capacity(batch);
+        for (frame, _, _) in group {
+            let frame = *frame as i64;
+            let position = frames.iter().position(|&f| f == frame).unwrap_or_else(|| {
+                frames.push(frame);
+                frames.len() - 1
+            });
+            index.push(position as i64);
+        }
+        index.resize(batch, 0);
+        frames.resize(fixed, frames[0]);
+        let frames = Tensor::from_slice(&frames).f_to_device(self.tensor_device())?;
+        Ok((image_kv.f_index_select(0, &frames)?, index))
     }
 
     /// Runs the decoder on `prefixes` (one per row of `encoded`, all the same length), padded to

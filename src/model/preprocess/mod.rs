@@ -17,9 +17,16 @@ pub struct RgbImage {
     pub data: Vec<u8>,
 }
 
-/// A preprocessed frame: `[3, H, W]` float32 on the CPU, ready for the image encoder.
-#[derive(Debug)]
-pub struct Pixels(pub tch::Tensor);
+/// A preprocessed frame: float32 `[3, height, width]`, channels first, ready for the image
+/// encoder. Plain memory rather than a tensor: preprocessing runs on the server's blocking
+/// threads, and a libtorch call there starts an OpenMP thread team of its own, whose threads then
+/// spin for cores the model replicas are using. The replica makes the tensor.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Pixels {
+    pub height: usize,
+    pub width: usize,
+    pub values: Vec<f32>,
+}
 
 #[derive(Debug, Clone)]
 pub struct Preprocessor {
@@ -64,7 +71,6 @@ impl Preprocessor {
                 chw[c * plane + i] = (scaled - self.mean[c]) / self.std[c];
             }
         }
-        let tensor = tch::Tensor::from_slice(&chw).view([3, img.height as i64, img.width as i64]);
-        Pixels(tensor)
+        Pixels { height: img.height as usize, width: img.width as usize, values: chw }
     }
 }
