@@ -1,6 +1,7 @@
 # blipserve: everything a fresh machine needs, driven from here.
 #   make run    set up, build, export the tiny model, serve it on 127.0.0.1:8080
 #   make test   set up, then every test and lint
+#   make sweep  the capacity sweep on the tiny model: chart, CSV and JSON in target/sweep
 #   make bench  blipserve against plain transformers on the base-size random model (a few minutes)
 SHELL := /bin/bash
 .DEFAULT_GOAL := run
@@ -22,7 +23,7 @@ export BLIPSERVE_PYTHON := $(PYTHON)
 CARGO_TEST := $(shell command -v cargo-nextest >/dev/null 2>&1 && echo "cargo nextest run" || echo "cargo test")
 TEST_ARGS := $(shell command -v cargo-nextest >/dev/null 2>&1 || echo "-- --test-threads=1")
 
-.PHONY: setup system-deps python build models run ask test lint bench clean-models
+.PHONY: setup system-deps python build models run ask gateway-latency sweep bench test lint deploy-lint clean-models
 
 setup: system-deps python
 
@@ -34,6 +35,7 @@ system-deps:
 python:
 	@bash scripts/python-env.sh
 	@bash scripts/python-env.sh tools
+	@bash scripts/python-env.sh localstack
 
 build: setup
 	cargo build --release
@@ -69,7 +71,23 @@ ask: build models
 	  "is the dog barking?" "is the cat sleeping on the sofa?" "is the dog chewing the furniture?"
 	./target/release/blipserve ask --model $(TINY) --image $(SAMPLE) --mode generate "what is the dog doing?"
 
-lint: setup
+# The gateway's added latency on loopback: loadtest against a worker directly and through a gateway.
+gateway-latency: build models
+	bash scripts/gateway-latency.sh
+
+# cfn-lint on deploy/*.yaml, hadolint on the Dockerfile, ShellCheck on the instances' scripts
+# (pinned, from PyPI, installed once into a cached .venv-deploy).
+deploy-lint:
+	@bash scripts/deploy-lint.sh
+
+# Replicas × client concurrency on the tiny model (about two minutes here): the chart, CSV and
+# JSON go to $(SWEEP_OUT), the capacity and scaling target to the terminal.
+SWEEP_OUT ?= target/sweep
+sweep: build models
+	./target/release/blipserve loadtest sweep --model $(TINY) --image $(SAMPLE) --replicas 1,2 --threads 1 \
+	  --concurrency 1,2,4,8,16 --requests 300 --slo-p99-ms 250 --out $(SWEEP_OUT)
+
+lint: setup deploy-lint
 	cargo fmt --check
 	cargo clippy --all-targets -- -D warnings
 

@@ -35,6 +35,22 @@ pub struct FileConfig {
     pub log_format: Option<String>,
     #[serde(default)]
     pub behaviors: BTreeMap<String, Behavior>,
+    /// The `[cloudwatch]` table: the `--cloudwatch-*` flags without their prefix.
+    pub cloudwatch: Option<CloudwatchFile>,
+}
+
+/// Publishing to CloudWatch, as the `[cloudwatch]` table of the TOML file.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CloudwatchFile {
+    pub enabled: Option<bool>,
+    pub namespace: Option<String>,
+    pub interval_s: Option<u64>,
+    pub high_resolution: Option<bool>,
+    pub group: Option<String>,
+    pub backend: Option<String>,
+    pub endpoint: Option<String>,
+    pub max_backlog: Option<usize>,
 }
 
 impl FileConfig {
@@ -65,6 +81,10 @@ pub const DEFAULT_MAX_WAIT_US: u64 = 2_000;
 pub const DEFAULT_QUEUE_CAPACITY: usize = 64;
 pub const DEFAULT_SHUTDOWN_GRACE_S: u64 = 30;
 pub const DEFAULT_DRAIN_DELAY_MS: u64 = 0;
+/// One datapoint a minute: the finest period standard-resolution metrics keep.
+pub const DEFAULT_CLOUDWATCH_INTERVAL_S: u64 = 60;
+/// Intervals kept while CloudWatch is unreachable: a day of one-minute intervals (~3 MB).
+pub const DEFAULT_CLOUDWATCH_MAX_BACKLOG: usize = 1440;
 
 pub fn socket_addr(listen: Option<IpAddr>, port: Option<u16>, file: &FileConfig) -> SocketAddr {
     SocketAddr::new(listen.or(file.listen).unwrap_or(DEFAULT_LISTEN), port.or(file.port).unwrap_or(DEFAULT_PORT))

@@ -1,9 +1,13 @@
 //! Prometheus metrics shared by every role: what the load balancer's operators and the load
 //! tester read from `/metrics`.
 
+use std::sync::Arc;
+
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
 };
+
+use crate::cloudwatch::Tally;
 
 pub struct Metrics {
     registry: Registry,
@@ -19,6 +23,15 @@ pub struct Metrics {
     pub in_flight: IntGauge,
     /// Work dropped before inference: `cancelled` (client gone) or `expired` (deadline passed).
     pub dropped: IntCounterVec,
+    /// What the CloudWatch publisher reads each interval (kept whether or not it runs).
+    pub tally: Arc<Tally>,
+    /// CloudWatch intervals by fate: `published`, `rejected` (invalid, not retried) or `dropped`
+    /// (backlog full while CloudWatch was unreachable).
+    pub cloudwatch_intervals: IntCounterVec,
+    /// PutMetricData calls that failed and will be retried.
+    pub cloudwatch_failures: IntCounter,
+    /// Intervals waiting to be delivered to CloudWatch.
+    pub cloudwatch_backlog: IntGauge,
 }
 
 impl Metrics {
@@ -42,6 +55,15 @@ impl Metrics {
         let in_flight = IntGauge::new("in_flight_requests", "Detect requests being handled").expect("metric");
         let dropped = IntCounterVec::new(Opts::new("dropped_total", "Frames dropped before inference"), &["reason"])
             .expect("metric");
+        let cloudwatch_intervals = IntCounterVec::new(
+            Opts::new("cloudwatch_intervals_total", "CloudWatch metric intervals by fate"),
+            &["result"],
+        )
+        .expect("metric");
+        let cloudwatch_failures =
+            IntCounter::new("cloudwatch_put_failures_total", "Failed PutMetricData calls (retried)").expect("metric");
+        let cloudwatch_backlog =
+            IntGauge::new("cloudwatch_backlog_intervals", "Intervals waiting for CloudWatch").expect("metric");
         for m in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(stage_seconds.clone()),
@@ -49,10 +71,25 @@ impl Metrics {
             Box::new(batch_frames.clone()),
             Box::new(in_flight.clone()),
             Box::new(dropped.clone()),
+            Box::new(cloudwatch_intervals.clone()),
+            Box::new(cloudwatch_failures.clone()),
+            Box::new(cloudwatch_backlog.clone()),
         ] {
             registry.register(m).expect("unique metric");
         }
-        Metrics { registry, requests, stage_seconds, queue_depth, batch_frames, in_flight, dropped }
+        Metrics {
+            registry,
+            requests,
+            stage_seconds,
+            queue_depth,
+            batch_frames,
+            in_flight,
+            dropped,
+            tally: Arc::new(Tally::default()),
+            cloudwatch_intervals,
+            cloudwatch_failures,
+            cloudwatch_backlog,
+        }
     }
 
     /// The Prometheus text exposition format.

@@ -1,6 +1,8 @@
 //! Command-line roles. Settings flags have environment-variable twins (shown by `--help`).
 
 mod ask;
+mod cloudwatch;
+mod gateway;
 mod loadtest;
 mod serve;
 mod throughput;
@@ -23,12 +25,16 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Serve the HTTP API with an in-process pool of model replicas.
-    Serve(serve::ServeArgs),
+    /// Serve the HTTP API with an in-process pool of model replicas (API and inference in one process).
+    Serve(Box<serve::ServeArgs>),
+    /// The inference tier behind `blipserve gateway`: the same service, flags and endpoints as `serve`.
+    Worker(Box<serve::ServeArgs>),
+    /// The API tier: validate detect requests and forward them to weighted pools of workers.
+    Gateway(Box<gateway::GatewayArgs>),
     /// Answer questions about one image and print one JSON object per question.
     Ask(ask::AskArgs),
     /// Drive a detect endpoint with frames at a fixed concurrency or arrival rate, and report.
-    Loadtest(loadtest::LoadtestArgs),
+    Loadtest(Box<loadtest::LoadtestArgs>),
     /// Answer frames in-process (no HTTP) in batches, and report frames per second.
     Throughput(throughput::ThroughputArgs),
 }
@@ -137,10 +143,12 @@ pub fn run() -> ExitCode {
             init_logging(false);
             ask::run(args)
         }
-        Command::Serve(args) => serve::run(args, init_logging),
+        Command::Serve(args) => serve::run(*args, serve::Role::Serve, init_logging),
+        Command::Worker(args) => serve::run(*args, serve::Role::Worker, init_logging),
+        Command::Gateway(args) => gateway::run(*args, init_logging),
         Command::Loadtest(args) => {
             init_logging(false);
-            loadtest::run(args)
+            loadtest::run(*args)
         }
         Command::Throughput(args) => {
             init_logging(false);

@@ -1,4 +1,6 @@
-//! `blipserve serve`: the HTTP API and an in-process pool of model replicas in one process.
+//! `blipserve serve` and `blipserve worker`: the HTTP API and an in-process pool of model
+//! replicas in one process. A worker is the same service as the inference tier behind
+//! `blipserve gateway`; only its role (in `/v1/info` and the start-up line) differs.
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -10,12 +12,14 @@ use anyhow::Context;
 use clap::Args;
 
 use blipserve::behaviors::Catalogue;
+use blipserve::cloudwatch::Publisher;
 use blipserve::config::{self, FileConfig, RequestLimits};
 use blipserve::engine::{Engine, EngineConfig};
 use blipserve::http::{self, AppState, Shutdown};
 use blipserve::metrics::Metrics;
 use blipserve::model::{Manifest, Preprocessor, QuestionTokenizer};
 
+use super::cloudwatch::CloudwatchArgs;
 use super::ModelArgs;
 
 /// Flags left unset fall back to the --config file, then to the defaults shown.
@@ -83,14 +87,36 @@ pub struct ServeArgs {
     /// Log format: text or json (RUST_LOG sets the level) [default: text]
     #[arg(long, env = "BLIPSERVE_LOG_FORMAT")]
     log_format: Option<String>,
+
+    #[command(flatten)]
+    cloudwatch: CloudwatchArgs,
 }
 
+/// Which tier this process is: the whole service, or the inference tier behind a gateway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Serve,
+    Worker,
+}
+
+impl Role {
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Serve => "serve",
+            Role::Worker => "worker",
+        }
+    }
+}
+
+/// How long the last CloudWatch delivery may take at exit.
+const PUBLISH_ON_EXIT: Duration = Duration::from_secs(5);
+
 /// A flag (or its environment twin) beats the configuration file, which beats the default.
-fn setting<T>(flag: Option<T>, file: Option<T>, default: T) -> T {
+pub(super) fn setting<T>(flag: Option<T>, file: Option<T>, default: T) -> T {
     flag.or(file).unwrap_or(default)
 }
 
-pub fn run(args: ServeArgs, init_logging: fn(bool)) -> anyhow::Result<()> {
+pub fn run(args: ServeArgs, role: Role, init_logging: fn(bool)) -> anyhow::Result<()> {
     let file = match &args.config {
         Some(path) => FileConfig::read(path)?,
         None => FileConfig::default(),
@@ -163,9 +189,23 @@ pub fn run(args: ServeArgs, init_logging: fn(bool)) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async move {
         let metrics = Arc::new(Metrics::new());
+        let publisher = match args.cloudwatch.settings(file.cloudwatch.as_ref(), load.device).await? {
+            Some(settings) => {
+                eprintln!(
+                    "blipserve: publishing to CloudWatch namespace {} every {} s (group {}, backend {})",
+                    settings.namespace,
+                    settings.interval.as_secs(),
+                    settings.group,
+                    settings.backend
+                );
+                Some(Publisher::start(settings, metrics.tally.clone(), metrics.clone()).await?)
+            }
+            None => None,
+        };
         let (engine, loaded) = Engine::start(engine_config.clone(), metrics.clone());
         let info = serde_json::json!({
             "version": env!("CARGO_PKG_VERSION"),
+            "role": role.name(),
             "model": {
                 "id": manifest.model_id, "dir": model_dir, "source": manifest.source, "target": manifest.target,
                 "dtype": manifest.dtype, "static_shapes": manifest.static_shapes,
@@ -205,8 +245,10 @@ pub fn run(args: ServeArgs, init_logging: fn(bool)) -> anyhow::Result<()> {
         let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
         let bound = listener.local_addr()?;
         eprintln!(
-            "blipserve: listening on http://{bound} (model {}, {replicas} replica(s) on {})",
-            manifest.model_id, load.device
+            "blipserve: listening on http://{bound} ({}, model {}, {replicas} replica(s) on {})",
+            role.name(),
+            manifest.model_id,
+            load.device
         );
         tokio::spawn(async move {
             match loaded.await {
@@ -219,6 +261,10 @@ pub fn run(args: ServeArgs, init_logging: fn(bool)) -> anyhow::Result<()> {
             }
         });
         http::serve(listener, http::router(state), draining, shutdown).await?;
+        if let Some(publisher) = publisher {
+            // The last interval's counts, so a group scaling in sees this instance's final load.
+            publisher.shutdown(PUBLISH_ON_EXIT).await;
+        }
         eprintln!("blipserve: stopped");
         anyhow::Ok(())
     })

@@ -4,38 +4,18 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::body::{Body, Bytes};
-use axum::extract::{FromRequest, Multipart, Request, State};
-use axum::http::{header, HeaderMap, HeaderValue};
+use axum::body::Bytes;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
-use base64::Engine as _;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use super::error::ApiError;
+use super::validate::{self, parse_body, read_limited, RawDetect};
 use super::{AppState, RequestId};
 use crate::engine::Job;
 use crate::model::{AnswerMode, Question};
-
-/// What the client sent, before validation.
-#[derive(Debug, Default)]
-struct RawDetect {
-    image: Option<Bytes>,
-    questions: Vec<String>,
-    behaviors: Vec<String>,
-    mode: Option<String>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct JsonDetect {
-    image: Option<String>,
-    #[serde(default)]
-    questions: Vec<String>,
-    #[serde(default)]
-    behaviors: Vec<String>,
-    mode: Option<String>,
-}
 
 /// A validated question: its tokens and, for a catalogue behaviour, its name and threshold.
 struct Asked {
@@ -80,12 +60,12 @@ pub async fn detect(
     request: Request,
 ) -> Response {
     let started = Instant::now();
-    let mut guard = InFlight::new(&state);
+    let mut guard = InFlight::new(&state, started);
     let result = handle(&state, &request_id, started, request).await;
-    guard.finish(match &result {
-        Ok(_) => "ok",
-        Err(e) => e.code(),
-    });
+    match &result {
+        Ok(_) => guard.finish("ok", 200),
+        Err(e) => guard.finish(e.code(), e.status().as_u16()),
+    }
     match result {
         Ok(response) => response,
         Err(e) => {
@@ -99,29 +79,36 @@ pub async fn detect(
 /// and the handler was dropped before finishing.
 struct InFlight<'a> {
     state: &'a AppState,
-    outcome: Option<&'static str>,
+    started: Instant,
+    outcome: Option<(&'static str, u16)>,
 }
 
 impl<'a> InFlight<'a> {
-    fn new(state: &'a AppState) -> Self {
+    fn new(state: &'a AppState, started: Instant) -> Self {
         state.metrics.in_flight.inc();
-        InFlight { state, outcome: None }
+        InFlight { state, started, outcome: None }
     }
 
-    fn finish(&mut self, outcome: &'static str) {
-        self.outcome = Some(outcome);
+    fn finish(&mut self, outcome: &'static str, status: u16) {
+        self.outcome = Some((outcome, status));
     }
 }
 
+/// What a request whose client hung up is counted as (nginx's "client closed request").
+const CLIENT_CLOSED: u16 = 499;
+
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
-        self.state.metrics.in_flight.dec();
-        self.state.metrics.requests.with_label_values(&[self.outcome.unwrap_or("cancelled")]).inc();
+        let (outcome, status) = self.outcome.unwrap_or(("cancelled", CLIENT_CLOSED));
+        let metrics = &self.state.metrics;
+        metrics.in_flight.dec();
+        metrics.requests.with_label_values(&[outcome]).inc();
+        metrics.tally.record(status, self.started.elapsed());
     }
 }
 
 async fn handle(state: &AppState, request_id: &str, started: Instant, request: Request) -> Result<Response, ApiError> {
-    let deadline = started + state.limits.request_timeout;
+    let deadline = validate::deadline(request.headers(), started, state.limits.request_timeout);
     // The body is read (bounded in size and time) before refusing anything: a client still
     // sending when the server answers and closes sees a broken connection instead of the answer.
     let (parts, body) = request.into_parts();
@@ -133,7 +120,7 @@ async fn handle(state: &AppState, request_id: &str, started: Instant, request: R
     if !state.engine.is_ready() {
         return Err(ApiError::NotReady);
     }
-    let raw = parse_body(parts, bytes?).await?;
+    let raw = parse_body(&parts.headers, bytes?).await?;
     let (image, asked, mode) = validate(state, raw)?;
     // Refuse before paying for decoding when the queue is already full.
     if state.engine.queue_is_full() {
@@ -227,111 +214,18 @@ fn ms(d: Duration) -> f64 {
     (d.as_secs_f64() * 1e6).round() / 1e3
 }
 
-/// Parses a body already read: multipart/form-data or JSON, by the content type.
-async fn parse_body(parts: axum::http::request::Parts, bytes: Bytes) -> Result<RawDetect, ApiError> {
-    let content_type =
-        parts.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
-    let mime = content_type.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
-    if mime != "multipart/form-data" && mime != "application/json" {
-        return Err(ApiError::UnsupportedMediaType(content_type));
-    }
-    if mime == "application/json" {
-        let json: JsonDetect = serde_json::from_slice(&bytes).map_err(|e| ApiError::BadJson(e.to_string()))?;
-        let image = match json.image {
-            None => None,
-            Some(text) => Some(Bytes::from(decode_base64(&text)?)),
-        };
-        return Ok(RawDetect { image, questions: json.questions, behaviors: json.behaviors, mode: json.mode });
-    }
-    let request = Request::from_parts(parts, Body::from(bytes));
-    let mut multipart =
-        Multipart::from_request(request, &()).await.map_err(|e| ApiError::BadMultipart(e.body_text()))?;
-    let mut raw = RawDetect::default();
-    while let Some(field) = multipart.next_field().await.map_err(|e| ApiError::BadMultipart(e.body_text()))? {
-        let name = field.name().unwrap_or_default().to_string();
-        let bad = |e: axum::extract::multipart::MultipartError| ApiError::BadMultipart(e.body_text());
-        match name.as_str() {
-            "image" => raw.image = Some(field.bytes().await.map_err(bad)?),
-            "question" | "questions" => raw.questions.push(field.text().await.map_err(bad)?),
-            "behavior" | "behaviors" => raw.behaviors.push(field.text().await.map_err(bad)?),
-            "mode" => raw.mode = Some(field.text().await.map_err(bad)?),
-            other => return Err(ApiError::BadMultipart(format!("unknown field {other:?}"))),
-        }
-    }
-    Ok(raw)
-}
-
-/// The whole body if it fits in `limit` bytes. A larger body is still read and discarded up to
-/// four times the limit, so the client gets the 413 instead of a reset connection.
-async fn read_limited(body: Body, limit: usize) -> Result<Bytes, ApiError> {
-    use http_body_util::BodyExt;
-    let drain_cap = limit.saturating_mul(4);
-    let mut body = body;
-    let mut buf = Vec::new();
-    let mut seen = 0usize;
-    while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| ApiError::BadMultipart(format!("reading the body: {e}")))?;
-        let Ok(data) = frame.into_data() else { continue };
-        seen = seen.saturating_add(data.len());
-        if seen > drain_cap {
-            break;
-        }
-        if seen <= limit {
-            buf.extend_from_slice(&data);
-        }
-    }
-    if seen > limit {
-        return Err(ApiError::BodyTooLarge { limit });
-    }
-    Ok(Bytes::from(buf))
-}
-
-/// Standard base64, padding optional, a `data:...;base64,` prefix allowed.
-fn decode_base64(text: &str) -> Result<Vec<u8>, ApiError> {
-    let payload = match text.split_once(";base64,") {
-        Some((prefix, rest)) if prefix.starts_with("data:") => rest,
-        _ => text,
-    };
-    let engine = base64::engine::GeneralPurpose::new(
-        &base64::alphabet::STANDARD,
-        base64::engine::GeneralPurposeConfig::new()
-            .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
-    );
-    let compact: String = payload.chars().filter(|c| !c.is_ascii_whitespace()).collect();
-    engine.decode(compact).map_err(|e| ApiError::BadBase64(e.to_string()))
-}
-
+/// The model-independent checks (shared with the gateway), then the questions' tokens.
 fn validate(state: &AppState, raw: RawDetect) -> Result<(Bytes, Vec<Asked>, AnswerMode), ApiError> {
-    let mode = match raw.mode.as_deref().map(str::trim) {
-        None | Some("") | Some("yesno") => AnswerMode::YesNo,
-        Some("generate") => AnswerMode::Generate { max_new_tokens: state.max_new_tokens },
-        Some(other) => return Err(ApiError::BadMode(other.to_string())),
+    let checked = validate::check(raw, &state.limits, Some(&state.behaviors))?;
+    let mode = match checked.mode {
+        validate::Mode::YesNo => AnswerMode::YesNo,
+        validate::Mode::Generate => AnswerMode::Generate { max_new_tokens: state.max_new_tokens },
     };
-    let mut texts: Vec<(String, Option<(String, f64)>)> = raw.questions.into_iter().map(|q| (q, None)).collect();
-    for name in raw.behaviors {
-        let name = name.trim().to_string();
-        let behavior = state.behaviors.get(&name).ok_or_else(|| ApiError::UnknownBehavior(name.clone()))?;
-        texts.push((behavior.question.clone(), Some((name, behavior.threshold))));
-    }
-    if texts.is_empty() {
-        return Err(ApiError::NoQuestion);
-    }
-    if texts.len() > state.limits.max_questions {
-        return Err(ApiError::TooManyQuestions { count: texts.len(), max: state.limits.max_questions });
-    }
-    let mut asked = Vec::with_capacity(texts.len());
-    for (text, behavior) in texts {
-        let chars = text.chars().count();
-        if text.trim().is_empty() {
-            return Err(ApiError::EmptyQuestion);
-        }
-        if behavior.is_none() && chars > state.limits.max_question_chars {
-            return Err(ApiError::QuestionTooLong { chars, max: state.limits.max_question_chars });
-        }
+    let mut asked = Vec::with_capacity(checked.questions.len());
+    for (text, behavior) in checked.questions {
         let question =
             state.tokenizer.encode(&text).map_err(|source| ApiError::Question { question: text.clone(), source })?;
         asked.push(Asked { question, behavior });
     }
-    let image = raw.image.filter(|b| !b.is_empty()).ok_or(ApiError::MissingImage)?;
-    Ok((image, asked, mode))
+    Ok((checked.image, asked, mode))
 }

@@ -48,6 +48,8 @@ pub enum ApiError {
     NotReady,
     #[error("the request's deadline passed before it was answered")]
     DeadlineExceeded,
+    #[error("no inference worker is available to answer; retry shortly")]
+    NoUpstream,
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -74,7 +76,7 @@ impl ApiError {
             | BadMode(_) => StatusCode::BAD_REQUEST,
             Unauthorized => StatusCode::UNAUTHORIZED,
             Overloaded => StatusCode::TOO_MANY_REQUESTS,
-            ShuttingDown | NotReady => StatusCode::SERVICE_UNAVAILABLE,
+            ShuttingDown | NotReady | NoUpstream => StatusCode::SERVICE_UNAVAILABLE,
             DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
             Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -105,6 +107,7 @@ impl ApiError {
             ShuttingDown => "shutting_down",
             NotReady => "not_ready",
             DeadlineExceeded => "deadline_exceeded",
+            NoUpstream => "no_upstream",
             Internal(_) => "internal",
         }
     }
@@ -135,7 +138,7 @@ impl IntoResponse for ApiError {
         let mut response = (status, body).into_response();
         let headers = response.headers_mut();
         match self {
-            ApiError::Overloaded => {
+            ApiError::Overloaded | ApiError::NoUpstream => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
             ApiError::NotReady | ApiError::ShuttingDown => {

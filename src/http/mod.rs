@@ -3,7 +3,8 @@
 
 mod detect;
 pub mod error;
-mod openapi;
+pub(crate) mod openapi;
+pub mod validate;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -47,22 +48,31 @@ pub struct AppState {
 impl AppState {
     /// Bearer API keys guard the work endpoints when any are configured.
     fn authorize(&self, headers: &HeaderMap) -> Result<(), ApiError> {
-        if self.api_keys.is_empty() {
-            return Ok(());
-        }
-        let presented = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim);
-        match presented {
-            Some(key) if self.api_keys.iter().any(|k| constant_time_eq(k.as_bytes(), key.as_bytes())) => Ok(()),
-            _ => Err(ApiError::Unauthorized),
-        }
+        authorize(&self.api_keys, headers)
     }
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+/// Ok when no keys are configured or the request's `Authorization: Bearer` key is one of them.
+pub(crate) fn authorize(keys: &[String], headers: &HeaderMap) -> Result<(), ApiError> {
+    if keys.is_empty() {
+        return Ok(());
+    }
+    match bearer(headers) {
+        Some(key) if keys.iter().any(|k| constant_time_eq(k.as_bytes(), key.as_bytes())) => Ok(()),
+        _ => Err(ApiError::Unauthorized),
+    }
+}
+
+/// The key of an `Authorization: Bearer <key>` header.
+pub(crate) fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+}
+
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
@@ -87,7 +97,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
-async fn request_id(mut request: Request, next: Next) -> Response {
+pub(crate) async fn request_id(mut request: Request, next: Next) -> Response {
     let id = request
         .headers()
         .get("x-request-id")
@@ -107,7 +117,7 @@ async fn request_id(mut request: Request, next: Next) -> Response {
     response
 }
 
-async fn health() -> Json<serde_json::Value> {
+pub(crate) async fn health() -> Json<serde_json::Value> {
     Json(json!({ "status": "alive" }))
 }
 
@@ -124,7 +134,11 @@ async fn ready(State(state): State<Arc<AppState>>) -> Response {
 }
 
 async fn metrics(State(state): State<Arc<AppState>>) -> Response {
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], state.metrics.render()).into_response()
+    prometheus_text(state.metrics.render())
+}
+
+pub(crate) fn prometheus_text(text: String) -> Response {
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response()
 }
 
 async fn behaviors(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> {

@@ -8,9 +8,20 @@ use axum::Json;
 use serde_json::{json, Value};
 
 use super::AppState;
+use crate::config::RequestLimits;
+
+/// Which service the document describes.
+pub(crate) struct Described {
+    pub limits: RequestLimits,
+    /// The behaviour catalogue's names; the gateway does not know them (its workers do).
+    pub behaviors: Option<Vec<String>>,
+    /// The gateway: detect is forwarded to workers, and the admin API exists.
+    pub gateway: bool,
+}
 
 pub async fn document(State(state): State<Arc<AppState>>) -> Json<Value> {
-    Json(spec(&state))
+    let behaviors = state.behaviors.iter().map(|(name, _)| name.clone()).collect();
+    Json(spec(&Described { limits: state.limits, behaviors: Some(behaviors), gateway: false }))
 }
 
 pub async fn docs_page() -> Html<&'static str> {
@@ -24,10 +35,13 @@ fn error_response(description: &str) -> Value {
     })
 }
 
-fn spec(state: &AppState) -> Value {
-    let limits = state.limits;
-    let behaviors: Vec<&String> = state.behaviors.iter().map(|(name, _)| name).collect();
-    json!({
+pub(crate) fn spec(described: &Described) -> Value {
+    let limits = described.limits;
+    let behavior_name = match &described.behaviors {
+        Some(names) => json!({ "type": "string", "enum": names }),
+        None => json!({ "type": "string", "description": "a name from GET /v1/behaviors" }),
+    };
+    let mut spec = json!({
         "openapi": "3.0.3",
         "info": {
             "title": "blipserve",
@@ -49,6 +63,10 @@ fn spec(state: &AppState) -> Value {
                         "name": "x-request-id", "in": "header", "required": false,
                         "schema": { "type": "string", "maxLength": 128 },
                         "description": "Echoed back; generated when absent."
+                    }, {
+                        "name": "x-request-timeout-ms", "in": "header", "required": false,
+                        "schema": { "type": "integer", "minimum": 0 },
+                        "description": "How long the client still waits, in ms: shortens (never lengthens) the request's deadline. The gateway sends it to the worker with what is left of the deadline."
                     }],
                     "requestBody": {
                         "required": true,
@@ -60,7 +78,7 @@ fn spec(state: &AppState) -> Value {
                                     "properties": {
                                         "image": { "type": "string", "format": "binary", "description": "JPEG, PNG, WebP, GIF or BMP" },
                                         "question": { "type": "array", "items": { "type": "string" }, "description": "repeatable" },
-                                        "behavior": { "type": "array", "items": { "type": "string", "enum": behaviors }, "description": "repeatable" },
+                                        "behavior": { "type": "array", "items": behavior_name, "description": "repeatable" },
                                         "mode": { "$ref": "#/components/schemas/Mode" }
                                     }
                                 }
@@ -73,7 +91,7 @@ fn spec(state: &AppState) -> Value {
                                     "properties": {
                                         "image": { "type": "string", "format": "byte", "description": "base64 (a data: URL prefix is accepted)" },
                                         "questions": { "type": "array", "items": { "type": "string" } },
-                                        "behaviors": { "type": "array", "items": { "type": "string", "enum": behaviors } },
+                                        "behaviors": { "type": "array", "items": behavior_name },
                                         "mode": { "$ref": "#/components/schemas/Mode" }
                                     }
                                 }
@@ -162,7 +180,7 @@ fn spec(state: &AppState) -> Value {
                 },
                 "Ready": {
                     "type": "object", "required": ["ready", "status"],
-                    "properties": { "ready": { "type": "boolean" }, "status": { "type": "string", "enum": ["ready", "loading", "draining"] } }
+                    "properties": { "ready": { "type": "boolean" }, "status": { "type": "string", "enum": ["ready", "loading", "draining", "no_upstream"] } }
                 },
                 "Answer": {
                     "type": "object", "required": ["question", "answer"],
@@ -193,7 +211,117 @@ fn spec(state: &AppState) -> Value {
                 }
             }
         }
-    })
+    });
+    if described.gateway {
+        add_gateway(&mut spec);
+    }
+    spec
+}
+
+/// What differs on `blipserve gateway`: detect is forwarded, and the admin API.
+fn add_gateway(spec: &mut Value) {
+    spec["info"]["description"] = json!(
+        "The API tier of blipserve: validates detect requests with the same limits and errors as a worker, then \
+         forwards them unchanged to weighted pools of inference workers (`blipserve worker`), retrying on another \
+         worker when one is unreachable, unavailable (503) or overloaded (429)."
+    );
+    let detect = &mut spec["paths"]["/v1/detect"]["post"];
+    detect["description"] = json!(format!(
+        "{} The gateway checks everything that needs no model (body size, content type, JSON/multipart syntax, \
+         question count and length, mode, image format and dimensions from its header) and forwards the body as \
+         received; the worker checks the rest (behaviour names, token limits, decoding) and its refusals are passed \
+         through unchanged. The responses carry x-blipserve-pool, x-blipserve-backend and x-blipserve-attempts.",
+        detect["description"].as_str().unwrap_or_default()
+    ));
+    detect["responses"]["503"] = error_response(
+        "no_upstream (no healthy worker could take the request), or a worker's not_ready / shutting_down after \
+         every retry",
+    );
+    spec["paths"]["/ready"]["get"]["summary"] =
+        json!("Readiness: at least one worker healthy, not draining (503 with status no_upstream or draining)");
+    spec["paths"]["/v1/behaviors"]["get"]["summary"] = json!("The behaviour catalogue, as a worker reports it");
+    let admin_error = |d: &str| error_response(d);
+    let pools_body = json!({
+        "required": true,
+        "content": { "application/json": { "schema": {
+            "type": "object", "required": ["weights"], "additionalProperties": false,
+            "properties": { "weights": { "type": "object", "additionalProperties": { "type": "integer", "minimum": 0, "maximum": 1_000_000 },
+                "description": "pool name → weight; pools not named keep theirs" } }
+        } } }
+    });
+    let pool_body = json!({
+        "required": true,
+        "content": { "application/json": { "schema": {
+            "type": "object", "required": ["weight"], "additionalProperties": false,
+            "properties": { "weight": { "type": "integer", "minimum": 0, "maximum": 1_000_000 } }
+        } } }
+    });
+    let pools_ok = json!({ "description": "The pools after the change", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Pools" } } } });
+    let write = |summary: &str, body: &Value, extra: Option<Value>| {
+        let mut responses = json!({
+            "200": pools_ok,
+            "400": admin_error("bad_request: malformed body, a weight over 1000000, or every weight 0"),
+            "401": admin_error("unauthorized: wrong or missing admin key"),
+            "403": admin_error("admin_disabled: the gateway runs without an admin key"),
+        });
+        if let Some(extra) = extra {
+            responses["404"] = extra;
+        }
+        json!({ "summary": summary, "security": [{ "bearer": [] }], "requestBody": body, "responses": responses })
+    };
+    spec["paths"]["/admin/pools"] = json!({
+        "get": {
+            "summary": "The pools: weights, traffic shares, and per worker health, in-flight requests and the last minute's error rate",
+            "security": [{ "bearer": [] }],
+            "responses": {
+                "200": { "description": "Pools", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Pools" } } } },
+                "401": admin_error("unauthorized: wrong or missing admin key"),
+                "403": admin_error("admin_disabled: the gateway runs without an admin key")
+            }
+        },
+        "put": write("Set the weights of some pools, live (a SIGHUP reload puts the file's back)", &pools_body, Some(admin_error("unknown_pool"))),
+        "post": write("Same as PUT", &pools_body, Some(admin_error("unknown_pool"))),
+    });
+    let name_param = json!([{ "name": "name", "in": "path", "required": true, "schema": { "type": "string" } }]);
+    spec["paths"]["/admin/pools/{name}"] = json!({
+        "parameters": name_param,
+        "put": write("Set one pool's weight, live", &pool_body, Some(admin_error("unknown_pool"))),
+        "post": write("Same as PUT", &pool_body, Some(admin_error("unknown_pool"))),
+    });
+    spec["components"]["schemas"]["Pools"] = json!({
+        "type": "object", "required": ["generation", "pools"],
+        "properties": {
+            "generation": { "type": "integer", "description": "bumped by every change (admin or reload)" },
+            "config": { "type": "string", "description": "the file SIGHUP reloads" },
+            "pools": { "type": "array", "items": {
+                "type": "object", "required": ["name", "backend", "weight", "share", "workers"],
+                "properties": {
+                    "name": { "type": "string" },
+                    "backend": { "type": "string", "enum": ["neuron", "gpu", "cpu"] },
+                    "weight": { "type": "integer" },
+                    "share": { "type": "number", "description": "this pool's fraction of new requests while all pools have healthy workers" },
+                    "healthy_workers": { "type": "integer" },
+                    "in_flight": { "type": "integer" },
+                    "requests_1m": { "type": "integer" },
+                    "errors_1m": { "type": "integer" },
+                    "error_rate_1m": { "type": "number" },
+                    "workers": { "type": "array", "items": {
+                        "type": "object",
+                        "properties": {
+                            "url": { "type": "string" },
+                            "healthy": { "type": "boolean", "description": "ready and not ejected" },
+                            "ready": { "type": "boolean", "description": "by its /ready probes: from one passing until two fail in a row" },
+                            "ejected_ms": { "type": "integer", "description": "how long it stays ejected after failing requests" },
+                            "in_flight": { "type": "integer" },
+                            "requests_1m": { "type": "integer" },
+                            "errors_1m": { "type": "integer", "description": "transport errors and 5xx answers in the last minute" },
+                            "error_rate_1m": { "type": "number" }
+                        }
+                    } }
+                }
+            } }
+        }
+    });
 }
 
 const DOCS_PAGE: &str = r#"<!doctype html>

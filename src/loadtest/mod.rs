@@ -5,6 +5,13 @@
 //! was *meant* to be sent, so a saturated server cannot hide its queue by slowing the client
 //! down (coordinated omission). Both stop at a request count or a duration, whichever comes
 //! first.
+//!
+//! [`sweep`] repeats a bounded closed loop over server replicas × client concurrency, finds the
+//! sustainable capacity and the scaling target, and [`chart`] draws the result.
+
+pub mod chart;
+pub mod local_server;
+pub mod sweep;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};

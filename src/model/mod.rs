@@ -14,6 +14,8 @@ use std::path::{Path, PathBuf};
 
 use crate::device::{self, Device, DeviceError};
 pub use manifest::{Manifest, Shapes};
+#[doc(hidden)]
+pub use pipeline::stages;
 pub use pipeline::{Answer, AnswerMode, FrameQuestions, InferenceError};
 pub use preprocess::{ImageError, ImageLimits, Pixels, Preprocessor, RgbImage};
 pub use tokenize::{Question, QuestionError, QuestionTokenizer};

@@ -349,3 +349,41 @@ fn check_shape(part: &'static str, t: &Tensor, expected: &[i64]) -> Result<(), I
     }
     Ok(())
 }
+
+/// The pipeline's stages one at a time, for the criterion benches (`benches/pipeline.rs`): what
+/// [`Model::answer`] does for a batch, split where the three parts are called. Not a stable API.
+#[doc(hidden)]
+pub mod stages {
+    use tch::Tensor;
+
+    use super::{Encoded, InferenceError, Model, Pixels, Question};
+
+    /// Question embeddings of one text-encoder batch, ready for the decoder.
+    pub struct EncodedQuestions(Encoded);
+
+    /// Image encoder: `[frames, tokens, hidden]`.
+    pub fn encode_images(model: &Model, frames: &[&Pixels]) -> Result<Tensor, InferenceError> {
+        let _no_grad = tch::no_grad_guard();
+        model.encode_images(frames)
+    }
+
+    /// Text encoder over `questions`, each about the frame at that index of `image_embeds`, as
+    /// one batch.
+    pub fn encode_questions(
+        model: &Model,
+        image_embeds: &Tensor,
+        questions: &[(usize, &Question)],
+    ) -> Result<EncodedQuestions, InferenceError> {
+        let _no_grad = tch::no_grad_guard();
+        let rows: Vec<_> = questions.iter().enumerate().map(|(i, &(frame, q))| (frame, i, q)).collect();
+        model.encode_questions(image_embeds, &rows).map(EncodedQuestions)
+    }
+
+    /// One decoder step on [DEC] for every question: the yes/no answer's logits `[rows, vocab]`
+    /// (a generated answer runs one such step per token).
+    pub fn decoder_step(model: &Model, encoded: &EncodedQuestions) -> Result<Tensor, InferenceError> {
+        let _no_grad = tch::no_grad_guard();
+        let rows = encoded.0.embeds.size()[0] as usize;
+        model.decoder_step(&encoded.0, &vec![vec![model.manifest.tokens.dec]; rows])
+    }
+}

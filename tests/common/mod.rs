@@ -2,6 +2,7 @@
 //! and synthetic camera frames (generated here, never stored).
 #![allow(dead_code)]
 
+pub mod localstack;
 pub mod server;
 
 use std::path::{Path, PathBuf};

@@ -1,5 +1,7 @@
-//! The real `blipserve serve` binary on a free port, for the service tests.
+//! The real `blipserve` binary (`serve`, `worker` or `gateway`) on a free port, for the
+//! service tests.
 
+use std::ffi::OsString;
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -15,15 +17,45 @@ impl Server {
     /// Starts `blipserve serve` on 127.0.0.1 with an OS-chosen port and waits (at most 60 s)
     /// until /ready says yes.
     pub fn start(model: &str, extra: &[&str]) -> Server {
+        Server::start_role("serve", model, 0, extra)
+    }
+
+    /// [`Server::start`] with extra environment variables.
+    pub fn start_with_env(model: &str, extra: &[&str], env: &[(&str, &str)]) -> Server {
+        let mut args: Vec<OsString> = vec!["serve".into(), "--listen".into(), "127.0.0.1".into(), "--port".into()];
+        args.extend(["0".into(), "--model".into(), super::model_dir(model).into()]);
+        args.extend(extra.iter().map(OsString::from));
+        let server = Server::spawn_with_env(&args, env);
+        server.wait_ready(Duration::from_secs(60));
+        server
+    }
+
+    /// Starts `blipserve ROLE` (serve or worker) on 127.0.0.1:`port` (0: OS-chosen) and waits
+    /// until /ready says yes.
+    pub fn start_role(role: &str, model: &str, port: u16, extra: &[&str]) -> Server {
+        let mut args: Vec<OsString> = vec![role.into(), "--listen".into(), "127.0.0.1".into()];
+        args.extend(["--port".into(), port.to_string().into(), "--model".into(), super::model_dir(model).into()]);
+        args.extend(extra.iter().map(OsString::from));
+        let server = Server::spawn(&args);
+        server.wait_ready(Duration::from_secs(60));
+        server
+    }
+
+    /// Starts `blipserve ARGS` and waits (at most 60 s) until it says where it listens.
+    pub fn spawn(args: &[OsString]) -> Server {
+        Server::spawn_with_env(args, &[])
+    }
+
+    /// [`Server::spawn`] with extra environment variables.
+    pub fn spawn_with_env(args: &[OsString], env: &[(&str, &str)]) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_blipserve"))
-            .args(["serve", "--listen", "127.0.0.1", "--port", "0", "--model"])
-            .arg(super::model_dir(model))
-            .args(extra)
+            .args(args)
             .env("RUST_LOG", "warn")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
-            .expect("start blipserve serve");
+            .expect("start blipserve");
         let stderr = Arc::new(Mutex::new(Vec::new()));
         let (addr_tx, addr_rx) = std::sync::mpsc::channel();
         let lines = stderr.clone();
@@ -38,17 +70,36 @@ impl Server {
         });
         let addr = addr_rx.recv_timeout(Duration::from_secs(60)).unwrap_or_else(|_| {
             let _ = child.kill();
-            panic!("server did not start: {:?}", stderr.lock().unwrap());
+            panic!("blipserve {args:?} did not start: {:?}", stderr.lock().unwrap());
         });
-        let server = Server { child, base: format!("http://{addr}"), stderr };
+        Server { child, base: format!("http://{addr}"), stderr }
+    }
+
+    /// Waits (bounded) until /ready answers 200.
+    pub fn wait_ready(&self, limit: Duration) {
         let started = Instant::now();
-        while started.elapsed() < Duration::from_secs(60) {
-            if client().get(server.url("/ready")).send().is_ok_and(|r| r.status() == 200) {
-                return server;
+        while started.elapsed() < limit {
+            if client().get(self.url("/ready")).send().is_ok_and(|r| r.status() == 200) {
+                return;
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        panic!("server never became ready: {:?}", server.stderr.lock().unwrap());
+        panic!("server never became ready: {:?}", self.stderr.lock().unwrap());
+    }
+
+    pub fn port(&self) -> u16 {
+        self.base.rsplit(':').next().and_then(|p| p.parse().ok()).expect("a port")
+    }
+
+    /// Kills the process with SIGKILL and reaps it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Whether a line of the process's stderr so far contains `text`.
+    pub fn logged(&self, text: &str) -> bool {
+        self.stderr.lock().unwrap().iter().any(|l| l.contains(text))
     }
 
     pub fn url(&self, path: &str) -> String {

@@ -97,14 +97,48 @@ pub fn decode(bytes: &[u8], limits: &ImageLimits) -> Result<RgbImage, ImageError
     }
 }
 
-fn decode_jpeg(bytes: &[u8], limits: &ImageLimits) -> Result<RgbImage, ImageError> {
-    let corrupt = |e: turbojpeg::Error| ImageError::Corrupt { format: ImageFormat::Jpeg, message: e.to_string() };
-    let mut decompressor = turbojpeg::Decompressor::new().map_err(corrupt)?;
-    let header = decompressor.read_header(bytes).map_err(corrupt)?;
+/// What [`decode`] checks before decoding, from the header alone and without allocating for
+/// the pixels: the container is supported, its header parses, its size is within `limits` (and
+/// a JPEG is not CMYK). The gateway runs this; a frame that passes can still be corrupt further on.
+pub fn check_header(bytes: &[u8], limits: &ImageLimits) -> Result<ImageFormat, ImageError> {
+    let format = sniff(bytes)?;
+    match &format {
+        ImageFormat::Jpeg => {
+            jpeg_header(&mut jpeg_decompressor()?, bytes, limits)?;
+        }
+        other => {
+            let (w, h) = image_crate_dimensions(bytes, other)?;
+            check_limits(w as u64, h as u64, limits)?;
+        }
+    }
+    Ok(format)
+}
+
+fn jpeg_corrupt(e: turbojpeg::Error) -> ImageError {
+    ImageError::Corrupt { format: ImageFormat::Jpeg, message: e.to_string() }
+}
+
+fn jpeg_decompressor() -> Result<turbojpeg::Decompressor, ImageError> {
+    turbojpeg::Decompressor::new().map_err(jpeg_corrupt)
+}
+
+fn jpeg_header(
+    decompressor: &mut turbojpeg::Decompressor,
+    bytes: &[u8],
+    limits: &ImageLimits,
+) -> Result<turbojpeg::DecompressHeader, ImageError> {
+    let header = decompressor.read_header(bytes).map_err(jpeg_corrupt)?;
     check_limits(header.width as u64, header.height as u64, limits)?;
     if matches!(header.colorspace, turbojpeg::Colorspace::CMYK | turbojpeg::Colorspace::YCCK) {
         return Err(ImageError::UnsupportedFormat("CMYK JPEG".into()));
     }
+    Ok(header)
+}
+
+fn decode_jpeg(bytes: &[u8], limits: &ImageLimits) -> Result<RgbImage, ImageError> {
+    let corrupt = jpeg_corrupt;
+    let mut decompressor = jpeg_decompressor()?;
+    let header = jpeg_header(&mut decompressor, bytes, limits)?;
     // A progressive JPEG with thousands of scans costs CPU out of proportion to its size.
     decompressor.set_scan_limit(500).map_err(corrupt)?;
     let (width, height) = (header.width, header.height);
@@ -120,18 +154,28 @@ fn decode_jpeg(bytes: &[u8], limits: &ImageLimits) -> Result<RgbImage, ImageErro
     Ok(RgbImage { width: width as u32, height: height as u32, data: image.pixels })
 }
 
-fn decode_with_image_crate(bytes: &[u8], format: ImageFormat, limits: &ImageLimits) -> Result<RgbImage, ImageError> {
-    let crate_format = match format {
+fn crate_format(format: &ImageFormat) -> image::ImageFormat {
+    match format {
         ImageFormat::Png => image::ImageFormat::Png,
         ImageFormat::WebP => image::ImageFormat::WebP,
         ImageFormat::Gif => image::ImageFormat::Gif,
         ImageFormat::Bmp => image::ImageFormat::Bmp,
         ImageFormat::Jpeg => unreachable!("JPEG is decoded by libjpeg-turbo"),
-    };
+    }
+}
+
+/// The width and height a non-JPEG header claims.
+fn image_crate_dimensions(bytes: &[u8], format: &ImageFormat) -> Result<(u32, u32), ImageError> {
+    image::ImageReader::with_format(Cursor::new(bytes), crate_format(format))
+        .into_dimensions()
+        .map_err(|e| ImageError::Corrupt { format: format.clone(), message: e.to_string() })
+}
+
+fn decode_with_image_crate(bytes: &[u8], format: ImageFormat, limits: &ImageLimits) -> Result<RgbImage, ImageError> {
+    let crate_format = crate_format(&format);
     let corrupt = |e: image::ImageError| ImageError::Corrupt { format: format.clone(), message: e.to_string() };
     // The header alone first: its claimed size is checked before anything is allocated for it.
-    let (w, h) =
-        image::ImageReader::with_format(Cursor::new(bytes), crate_format).into_dimensions().map_err(corrupt)?;
+    let (w, h) = image_crate_dimensions(bytes, &format)?;
     check_limits(w as u64, h as u64, limits)?;
 
     let mut crate_limits = image::Limits::default();

@@ -4,7 +4,7 @@
 mod decode;
 mod resize;
 
-pub use decode::{decode, sniff, ImageError, ImageFormat, ImageLimits};
+pub use decode::{check_header, decode, sniff, ImageError, ImageFormat, ImageLimits};
 pub use resize::resize_bicubic;
 
 use super::manifest::PreprocessSpec;

@@ -1,0 +1,58 @@
+//! The three model parts on models/tiny, one at a time (image encoder, text encoder, one decoder
+//! step), and the whole yes/no answer, for one frame and for a batch of four, three questions a
+//! frame. Intra-op threads: BLIPSERVE_THREADS, else what `serve` gives one replica.
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use std::hint::black_box;
+
+use blipserve::model::{stages, AnswerMode, FrameQuestions, LoadOptions, Model, Pixels, Question};
+
+const QUESTIONS: [&str; 3] = ["is the dog barking?", "is the dog chewing the furniture?", "is the pet on the sofa?"];
+const BATCHES: [usize; 2] = [1, 4];
+
+fn pipeline(c: &mut Criterion) {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let threads = std::env::var("BLIPSERVE_THREADS")
+        .ok()
+        .and_then(|t| t.parse().ok())
+        .unwrap_or_else(|| blipserve::config::default_threads_and_replicas(cores).0);
+    tch::set_num_threads(threads as i32);
+    tch::set_num_interop_threads(1);
+
+    let model = Model::load(&common::model_dir("tiny"), &LoadOptions::default()).expect("model");
+    let questions: Vec<Question> = QUESTIONS.iter().map(|q| model.tokenizer().encode(q).expect("question")).collect();
+    let jpeg = common::jpeg(&common::synthetic_frame(1280, 720, 2), 90, turbojpeg::Subsamp::Sub2x2);
+    let pixels: Vec<Pixels> = (0..4).map(|_| model.preprocessor().pixels(&jpeg).expect("pixels")).collect();
+
+    let mut group = c.benchmark_group("pipeline");
+    for frames in BATCHES {
+        let batch: Vec<&Pixels> = pixels.iter().take(frames).collect();
+        let rows: Vec<(usize, &Question)> = (0..frames).flat_map(|f| questions.iter().map(move |q| (f, q))).collect();
+        let image_embeds = stages::encode_images(&model, &batch).expect("image encoder");
+        let encoded = stages::encode_questions(&model, &image_embeds, &rows).expect("text encoder");
+        let id = |what: &str| BenchmarkId::new(what, format!("{frames} frame(s)"));
+        group.throughput(Throughput::Elements(frames as u64));
+
+        group.bench_function(id("image-encoder"), |b| {
+            b.iter(|| stages::encode_images(&model, black_box(&batch)).expect("image encoder"))
+        });
+        group.bench_function(id("text-encoder"), |b| {
+            b.iter(|| stages::encode_questions(&model, black_box(&image_embeds), &rows).expect("text encoder"))
+        });
+        group.bench_function(id("decoder-step"), |b| {
+            b.iter(|| stages::decoder_step(&model, black_box(&encoded)).expect("decoder"))
+        });
+        let frame_questions: Vec<FrameQuestions<'_>> =
+            batch.iter().map(|&p| FrameQuestions { pixels: p, questions: &questions }).collect();
+        group.bench_function(id("answer-yes-no"), |b| {
+            b.iter(|| model.answer(black_box(&frame_questions), AnswerMode::YesNo).expect("answer"))
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, pipeline);
+criterion_main!(benches);
