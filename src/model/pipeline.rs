@@ -361,22 +361,22 @@ pub mod stages {
     /// Question embeddings of one text-encoder batch, ready for the decoder.
     pub struct EncodedQuestions(Encoded);
 
-    /// Image encoder: `[frames, tokens, hidden]`.
+    /// Image encoder: the frames' `image_kv`, `[frames, planes, tokens, hidden]`.
     pub fn encode_images(model: &Model, frames: &[&Pixels]) -> Result<Tensor, InferenceError> {
         let _no_grad = tch::no_grad_guard();
         model.encode_images(frames)
     }
 
-    /// Text encoder over `questions`, each about the frame at that index of `image_embeds`, as
-    /// one batch.
+    /// Text encoder over `questions`, each about the frame at that index of `image_kv`, as one
+    /// batch.
     pub fn encode_questions(
         model: &Model,
-        image_embeds: &Tensor,
+        image_kv: &Tensor,
         questions: &[(usize, &Question)],
     ) -> Result<EncodedQuestions, InferenceError> {
         let _no_grad = tch::no_grad_guard();
         let rows: Vec<_> = questions.iter().enumerate().map(|(i, &(frame, q))| (frame, i, q)).collect();
-        model.encode_questions(image_embeds, &rows).map(EncodedQuestions)
+        model.encode_questions(image_kv, &rows).map(EncodedQuestions)
     }
 
     /// One decoder step on [DEC] for every question: the yes/no answer's logits `[rows, vocab]`
