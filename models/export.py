@@ -221,7 +221,7 @@ def fuse_vision_attention(model, args) -> dict:
     fused, without materialising them: about a fifth less image-encoder time on CPU. Neuron
     exports keep BLIP's operations for its compiler. The fused model's image embeddings must
     equal BLIP's own to float32 rounding."""
-    if args.target == "neuron":
+    if args.target == "neuron" or args.eager_vision_attention:
         return {"vision_attention": "eager"}
     from transformers.models.blip.modeling_blip import BlipAttention
 
@@ -483,6 +483,8 @@ def parse_args(argv=None):
     p.add_argument("--init-range", type=float, default=None,
                    help="weight init std for random presets (default: the preset's)")
     p.add_argument("--freeze", action="store_true", help="torch.jit.freeze the traced parts (inlines weights)")
+    p.add_argument("--eager-vision-attention", action="store_true",
+                   help="keep BLIP's own vision attention operations instead of the fused one (always so for neuron)")
     p.add_argument("--neuron-auto-cast", choices=["none", "matmult", "all"], default="matmult")
     p.add_argument("--neuron-auto-cast-type", choices=["bf16", "fp16", "tf32", "fp8_e4m3"], default="bf16")
     p.add_argument("--neuron-optlevel", type=int, choices=[1, 2, 3], default=2)
