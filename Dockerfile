@@ -1,11 +1,13 @@
 # syntax=docker/dockerfile:1.7
 #
-# blipserve images, one target per inference backend (BuildKit; see deploy/README.md):
-#   docker build --target cpu    -t blipserve:cpu .     # CPU, and the gateway (API tier)
+# blipserve images, one per tier and inference backend (BuildKit; see deploy/README.md):
+#   docker build --target gateway -t blipserve:gateway . # the API tier: gateway, loadtest; no libtorch
+#   docker build --target cpu    -t blipserve:cpu .     # CPU inference
 #   docker build --target cuda   -t blipserve:cuda .    # NVIDIA GPU: run with --gpus all
 #   docker build --target neuron -t blipserve:neuron .  # Inferentia2: run with --device /dev/neuron0
 #
-# Each image holds the binary and the libtorch it was linked against (the lib directory of the
+# The gateway image holds `blipserve-api` (installed as `blipserve`), built without the model
+# feature: no torch in its build, no libtorch in the image. Each inference image holds the binary and the libtorch it was linked against (the lib directory of the
 # pinned torch 2.9.0 wheel, at the same path, so the binary's rpath finds it), runs as a non-root
 # user and answers on 0.0.0.0:8080. The model is not in the image: mount a directory written by
 # models/export.py for that backend at /model (read-only), or copy one in a derived image.
@@ -44,6 +46,17 @@ WORKDIR /src
 # The same pins as the test environment (torch's dependencies included).
 COPY models/constraints.txt models/constraints.txt
 
+FROM build-base AS build-gateway
+# No torch: the API tier's binary builds without the model feature.
+COPY Cargo.toml Cargo.lock build.rs ./
+COPY src src
+COPY crates crates
+COPY benches benches
+RUN --mount=type=cache,target=/usr/local/cargo/registry \
+    --mount=type=cache,target=/src/target,id=blipserve-target-gateway \
+    cargo build --release --locked --no-default-features --bin blipserve-api \
+ && install -D target/release/blipserve-api /out/usr/local/bin/blipserve
+
 FROM build-base AS build-cpu
 ARG TORCH_VERSION
 # The CPU-only build of the same torch release: no CUDA libraries to ship.
@@ -52,6 +65,8 @@ RUN pip install --no-cache-dir -c models/constraints.txt \
       "torch==${TORCH_VERSION}+cpu"
 COPY Cargo.toml Cargo.lock build.rs ./
 COPY src src
+COPY crates crates
+COPY benches benches
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target,id=blipserve-target-cpu \
     cargo build --release --locked --bin blipserve \
@@ -67,6 +82,8 @@ ARG TORCH_VERSION
 RUN pip install --no-cache-dir -c models/constraints.txt "torch==${TORCH_VERSION}"
 COPY Cargo.toml Cargo.lock build.rs ./
 COPY src src
+COPY crates crates
+COPY benches benches
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target,id=blipserve-target-cuda \
     cargo build --release --locked --bin blipserve \
@@ -93,6 +110,8 @@ RUN curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs \
 WORKDIR /src
 COPY Cargo.toml Cargo.lock build.rs ./
 COPY src src
+COPY crates crates
+COPY benches benches
 # tch links the container's own torch (python3 on PATH is the DLC's), the one libtorchneuron.so
 # was built against; its build script stops if that torch is not 2.9.0.
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
@@ -121,6 +140,13 @@ HEALTHCHECK --interval=15s --timeout=3s --start-period=30s --retries=3 \
   CMD ["/bin/sh", "-c", "curl -fsS \"http://127.0.0.1:${BLIPSERVE_PORT}/health\" >/dev/null || exit 1"]
 ENTRYPOINT ["/usr/local/bin/blipserve"]
 CMD ["serve"]
+
+FROM runtime AS gateway
+COPY --from=build-gateway /out/ /
+ENV BLIPSERVE_GATEWAY_CONFIG=/etc/blipserve/gateway.toml
+USER 10001:10001
+RUN ["/usr/local/bin/blipserve", "--version"]
+CMD ["gateway"]
 
 FROM runtime AS cpu
 COPY --from=build-cpu /out/ /

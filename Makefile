@@ -3,6 +3,7 @@
 #   make test   set up, then every test and lint
 #   make sweep  the capacity sweep on the tiny model: chart, CSV and JSON in target/sweep
 #   make bench  blipserve against plain transformers on the base-size random model (a few minutes)
+#   make docs   regenerate the settings reference in docs/configuration.md
 SHELL := /bin/bash
 .DEFAULT_GOAL := run
 
@@ -23,7 +24,7 @@ export BLIPSERVE_PYTHON := $(PYTHON)
 CARGO_TEST := $(shell command -v cargo-nextest >/dev/null 2>&1 && echo "cargo nextest run" || echo "cargo test")
 TEST_ARGS := $(shell command -v cargo-nextest >/dev/null 2>&1 || echo "-- --test-threads=1")
 
-.PHONY: setup system-deps python build models run ask gateway-latency sweep bench test lint deploy-lint clean-models
+.PHONY: setup system-deps python build models run ask gateway-latency sweep bench test lint deploy-lint docs clean-models
 
 setup: system-deps python
 
@@ -88,11 +89,17 @@ sweep: build models
 	  --concurrency 1,2,4,8,16 --requests 300 --slo-p99-ms 250 --out $(SWEEP_OUT)
 
 lint: setup deploy-lint
-	cargo fmt --check
-	cargo clippy --all-targets -- -D warnings
+	cargo fmt --all --check
+	cargo clippy --workspace --all-targets -- -D warnings
 
 test: setup models lint
-	$(CARGO_TEST) --all-targets $(TEST_ARGS)
+	$(CARGO_TEST) --workspace --all-targets $(TEST_ARGS)
+
+# The settings tables of docs/configuration.md, from the flags' declarations (tests/docs.rs
+# checks that they match).
+docs: build
+	./target/release/blipserve settings-reference > target/settings-reference.md
+	$(PYTHON) scripts/settings-reference.py docs/configuration.md target/settings-reference.md
 
 # The same frames and questions through a plain transformers server and through blipserve, then
 # in-process: frames/s, p50, p99 and the ratios (benches/bench.py; README "Benchmarks").

@@ -2,15 +2,14 @@
 //! step), and the whole yes/no answer, for one frame and for a batch of four, three questions a
 //! frame. Intra-op threads: BLIPSERVE_THREADS, else what `serve` gives one replica.
 
-#[path = "../tests/common/mod.rs"]
-mod common;
+use blipserve_testkit as testkit;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use std::hint::black_box;
 
-use blipserve::model::{stages, AnswerMode, FrameQuestions, LoadOptions, Model, Pixels, Question};
+use blipserve_model::model::{stages, AnswerMode, FrameQuestions, LoadOptions, Model, Pixels, Question};
 
-const QUESTIONS: [&str; 3] = ["is the dog barking?", "is the dog chewing the furniture?", "is the pet on the sofa?"];
+use blipserve_api::DEFAULT_QUESTIONS as QUESTIONS;
 const BATCHES: [usize; 2] = [1, 4];
 
 fn pipeline(c: &mut Criterion) {
@@ -18,13 +17,13 @@ fn pipeline(c: &mut Criterion) {
     let threads = std::env::var("BLIPSERVE_THREADS")
         .ok()
         .and_then(|t| t.parse().ok())
-        .unwrap_or_else(|| blipserve::config::default_threads_and_replicas(cores).0);
+        .unwrap_or_else(|| blipserve_model::roles::default_threads_and_replicas(cores).0);
     tch::set_num_threads(threads as i32);
     tch::set_num_interop_threads(1);
 
-    let model = Model::load(&common::model_dir("tiny"), &LoadOptions::default()).expect("model");
+    let model = Model::load(&testkit::model_dir("tiny"), &LoadOptions::default()).expect("model");
     let questions: Vec<Question> = QUESTIONS.iter().map(|q| model.tokenizer().encode(q).expect("question")).collect();
-    let jpeg = common::jpeg(&common::synthetic_frame(1280, 720, 2), 90, turbojpeg::Subsamp::Sub2x2);
+    let jpeg = testkit::jpeg(&testkit::synthetic_frame(1280, 720, 2), 90, testkit::Subsamp::Sub2x2);
     let pixels: Vec<Pixels> = (0..4).map(|_| model.preprocessor().pixels(&jpeg).expect("pixels")).collect();
 
     let mut group = c.benchmark_group("pipeline");

@@ -2,20 +2,19 @@
 //! to the model's 384×384, and rescale + normalise into the image encoder's tensor; each step
 //! alone and the three together (what a request pays before it reaches a replica).
 
-#[path = "../tests/common/mod.rs"]
-mod common;
+use blipserve_testkit as testkit;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use std::cell::OnceCell;
 use std::hint::black_box;
 
-use blipserve::model::preprocess::{decode, resize_bicubic};
-use blipserve::model::{ImageLimits, Manifest, Preprocessor, RgbImage};
+use blipserve_model::model::preprocess::{decode, resize_bicubic};
+use blipserve_model::model::{ImageLimits, Manifest, Preprocessor, RgbImage};
 
 const SIZES: [(u32, u32); 4] = [(640, 480), (1280, 720), (1920, 1080), (3840, 2160)];
 
 fn preprocess(c: &mut Criterion) {
-    let manifest = Manifest::read(&common::model_dir("tiny")).expect("manifest");
+    let manifest = Manifest::read(&testkit::model_dir("tiny")).expect("manifest");
     let preprocessor = Preprocessor::new(&manifest.preprocess, ImageLimits::default());
     let [height, width] = manifest.preprocess.size;
     // Frames are made on first use, so a run filtered to one benchmark (as `cargo test` and
@@ -25,7 +24,7 @@ fn preprocess(c: &mut Criterion) {
     let jpeg = |i: usize| {
         frames[i].1.get_or_init(|| {
             let (w, h) = SIZES[i];
-            common::jpeg(&common::synthetic_frame(w, h, 1), 90, turbojpeg::Subsamp::Sub2x2)
+            testkit::jpeg(&testkit::synthetic_frame(w, h, 1), 90, testkit::Subsamp::Sub2x2)
         })
     };
     let rgb = |i: usize| frames[i].2.get_or_init(|| decode(jpeg(i), &ImageLimits::default()).expect("decode"));

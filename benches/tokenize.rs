@@ -1,13 +1,12 @@
 //! Question tokenisation with the model directory's tokenizer (BERT WordPiece), for questions of
 //! a few lengths.
 
-#[path = "../tests/common/mod.rs"]
-mod common;
+use blipserve_testkit as testkit;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use std::hint::black_box;
 
-use blipserve::model::{Manifest, QuestionTokenizer};
+use blipserve_model::model::{Manifest, QuestionTokenizer};
 
 const QUESTIONS: [(&str, &str); 3] = [
     ("short", "is the dog barking?"),
@@ -20,7 +19,7 @@ const QUESTIONS: [(&str, &str); 3] = [
 ];
 
 fn tokenize(c: &mut Criterion) {
-    let dir = common::model_dir("tiny");
+    let dir = testkit::model_dir("tiny");
     let manifest = Manifest::read(&dir).expect("manifest");
     let tokenizer = QuestionTokenizer::load(&dir, &manifest.tokens, manifest.max_question_len).expect("tokenizer");
     let mut group = c.benchmark_group("tokenize");

@@ -1,17 +1,15 @@
 //! The CloudWatch publisher against a real CloudWatch emulator (LocalStack on 127.0.0.1): what
 //! the service publishes is read back through the AWS SDK, across an outage of the emulator.
 
-mod common;
-
 use std::time::{Duration, Instant, SystemTime};
 
 use aws_sdk_cloudwatch::config::{Credentials, Region};
 use aws_sdk_cloudwatch::types::{Dimension, Statistic};
-use blipserve::cloudwatch::{DIM_BACKEND, DIM_GROUP, ERRORS, LATENCY, NAMESPACE, REQUESTS};
-use common::localstack::LocalStack;
-use common::server::{client, Server};
-use common::*;
-use reqwest::blocking::multipart::{Form, Part};
+use blipserve_api::cloudwatch::{DIM_BACKEND, DIM_GROUP, ERRORS, LATENCY, NAMESPACE, REQUESTS};
+use blipserve_testkit::localstack::LocalStack;
+use blipserve_testkit::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_blipserve");
 
 const AWS_ENV: [(&str, &str); 4] = [
     ("AWS_REGION", "us-east-1"),
@@ -60,14 +58,12 @@ impl Reader {
 
     /// Polls (bounded) until `metric`'s Sum reaches `want`, and returns the last Sum seen.
     fn wait_for_sum(&self, metric: &str, dimension: (&str, &str), want: f64, limit: Duration) -> f64 {
-        let started = Instant::now();
-        loop {
-            let (sum, _) = self.totals(metric, dimension);
-            if sum >= want || started.elapsed() > limit {
-                return sum;
-            }
-            std::thread::sleep(Duration::from_millis(250));
-        }
+        let mut sum = 0.0;
+        eventually_every(limit, Duration::from_millis(250), || {
+            sum = self.totals(metric, dimension).0;
+            sum >= want
+        });
+        sum
     }
 }
 
@@ -76,9 +72,7 @@ fn detect_n(server: &Server, frame: &[u8], n: usize) -> Vec<f64> {
     let http = client();
     (0..n)
         .map(|_| {
-            let form = Form::new()
-                .part("image", Part::bytes(frame.to_vec()).file_name("frame.jpg"))
-                .text("question", "is the dog barking?");
+            let form = detect_form(frame, &["is the dog barking?"], &[]);
             let started = Instant::now();
             let response = http.post(server.url("/v1/detect")).multipart(form).send().expect("detect");
             assert_eq!(response.status(), 200, "{:?}", response.text());
@@ -92,18 +86,6 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-/// Waits (bounded) until a server metric satisfies `ok`.
-fn wait_metric(server: &Server, sample: &str, ok: impl Fn(f64) -> bool, limit: Duration) -> f64 {
-    let started = Instant::now();
-    loop {
-        let value = server.metric(sample);
-        if ok(value) || started.elapsed() > limit {
-            return value;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 #[test]
 fn request_counts_reach_cloudwatch_once_each_across_an_outage() {
     let dir = tempfile::tempdir().unwrap();
@@ -112,6 +94,7 @@ fn request_counts_reach_cloudwatch_once_each_across_an_outage() {
     let group = format!("blipserve-test-{}", uuid::Uuid::new_v4());
     let endpoint = emulator.endpoint();
     let mut server = Server::start_with_env(
+        BIN,
         "tiny",
         &[
             "--cloudwatch",
@@ -128,10 +111,10 @@ fn request_counts_reach_cloudwatch_once_each_across_an_outage() {
     let by_group = (DIM_GROUP, group.as_str());
     let by_backend = (DIM_BACKEND, "cpu");
     let published = "blipserve_cloudwatch_intervals_total{result=\"published\"}";
-    let frame = jpeg(&synthetic_frame(640, 360, 7), 90, turbojpeg::Subsamp::Sub2x2);
+    let frame = jpeg(&synthetic_frame(640, 360, 7), 90, Subsamp::Sub2x2);
 
     // Idle intervals are published as zeros, so the group can scale in.
-    assert!(wait_metric(&server, published, |v| v >= 2.0, Duration::from_secs(30)) >= 2.0);
+    assert!(server.wait_metric(published, |v| v >= 2.0, Duration::from_secs(30)) >= 2.0);
     let (sum, samples) = reader.totals(REQUESTS, by_group);
     assert_eq!(sum, 0.0);
     assert!(samples >= 2.0, "idle intervals published: {samples}");
@@ -149,7 +132,7 @@ fn request_counts_reach_cloudwatch_once_each_across_an_outage() {
     let failures = "blipserve_cloudwatch_put_failures_total";
     let n2 = 12;
     let during = detect_n(&server, &frame, n2);
-    assert!(wait_metric(&server, failures, |v| v >= 1.0, Duration::from_secs(30)) >= 1.0);
+    assert!(server.wait_metric(failures, |v| v >= 1.0, Duration::from_secs(30)) >= 1.0);
     let backlog = server.metric("blipserve_cloudwatch_backlog_intervals");
     assert!(backlog >= 1.0, "intervals waiting: {backlog}");
     eprintln!(
@@ -165,11 +148,11 @@ fn request_counts_reach_cloudwatch_once_each_across_an_outage() {
     let reader = Reader::new(&emulator.endpoint());
     assert_eq!(reader.wait_for_sum(REQUESTS, by_group, n2 as f64, Duration::from_secs(60)), n2 as f64);
     assert_eq!(
-        wait_metric(&server, "blipserve_cloudwatch_backlog_intervals", |v| v == 0.0, Duration::from_secs(30)),
+        server.wait_metric("blipserve_cloudwatch_backlog_intervals", |v| v == 0.0, Duration::from_secs(30)),
         0.0
     );
     let settled = server.metric(published);
-    assert!(wait_metric(&server, published, |v| v >= settled + 2.0, Duration::from_secs(30)) >= settled + 2.0);
+    assert!(server.wait_metric(published, |v| v >= settled + 2.0, Duration::from_secs(30)) >= settled + 2.0);
     assert_eq!(reader.totals(REQUESTS, by_group).0, n2 as f64, "nothing counted twice");
     assert_eq!(reader.totals(REQUESTS, by_backend).0, n2 as f64);
 
@@ -183,7 +166,7 @@ fn request_counts_reach_cloudwatch_once_each_across_an_outage() {
 
 #[test]
 fn publishing_needs_a_group_off_ec2() {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_blipserve"))
+    let out = std::process::Command::new(BIN)
         .args(["serve", "--port", "0", "--model"])
         .arg(model_dir("tiny"))
         .args(["--cloudwatch", "--cloudwatch-endpoint", "http://127.0.0.1:9"])
@@ -241,6 +224,7 @@ fn instance_metadata(group: &'static str, limit: usize) -> String {
 fn the_group_comes_from_instance_metadata() {
     let imds = instance_metadata("pets-inference-inf2", 16);
     let server = Server::start_with_env(
+        BIN,
         "tiny",
         &["--cloudwatch", "--cloudwatch-endpoint", "http://127.0.0.1:9", "--cloudwatch-interval-s", "3600"],
         &[

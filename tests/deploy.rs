@@ -1,6 +1,6 @@
 //! The deployment speaks the publisher's language. Every scaling policy, alarm, dashboard widget
 //! and IAM condition in `deploy/*.yaml` that names a metric of ours uses exactly the namespace,
-//! metric names and dimension sets of `blipserve::cloudwatch`; renaming one on either side fails
+//! metric names and dimension sets of `blipserve_api::cloudwatch`; renaming one on either side fails
 //! here. And every load balancer waits at least as long as the service takes to drain.
 //!
 //! The templates are parsed as YAML with CloudFormation's short-form tags (`!Ref`, `!Sub`, …)
@@ -10,10 +10,11 @@ use std::path::PathBuf;
 
 use serde_norway::{Mapping, Value};
 
-use blipserve::cloudwatch::{
+use blipserve_api::cloudwatch::{
     DIMENSION_SETS, DIM_BACKEND, DIM_GROUP, ERRORS, LATENCY, NAMESPACE, OVERLOADED, QUEUE_DEPTH, REQUESTS,
 };
-use blipserve::config::{DEFAULT_DRAIN_DELAY_MS, DEFAULT_SHUTDOWN_GRACE_S};
+use blipserve_api::settings::ShutdownArgs;
+use blipserve_testkit::repo;
 
 const METRICS: [&str; 5] = [REQUESTS, ERRORS, OVERLOADED, LATENCY, QUEUE_DEPTH];
 /// AWS's own namespaces, which the templates read too. Any other namespace is a typo, or
@@ -48,7 +49,7 @@ impl Template {
 }
 
 fn templates() -> Vec<Template> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("deploy");
+    let dir = repo().join("deploy");
     let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
         .expect("deploy/")
         .map(|e| e.expect("dir entry").path())
@@ -356,7 +357,7 @@ fn templates_use_the_publishers_namespace_metrics_and_dimensions() {
         if r.namespace != NAMESPACE {
             if !AWS_NAMESPACES.contains(&r.namespace.as_str()) {
                 errors.push(format!(
-                    "{}: namespace {:?} is neither {NAMESPACE:?} (blipserve::cloudwatch::NAMESPACE) nor AWS's",
+                    "{}: namespace {:?} is neither {NAMESPACE:?} (blipserve_api::cloudwatch::NAMESPACE) nor AWS's",
                     r.place, r.namespace
                 ));
             }
@@ -492,17 +493,30 @@ fn missing_metrics_alarm_and_namespace_condition() {
     assert!(put_metric_statements > 0, "no IAM statement allows cloudwatch:PutMetricData");
 }
 
+/// The service's default for a flag of [`ShutdownArgs`], as its clap declaration says (the one
+/// place the defaults are written).
+fn shutdown_default(id: &str) -> f64 {
+    use clap::Args;
+    let cmd = ShutdownArgs::augment_args(clap::Command::new("blipserve"));
+    let arg = cmd.get_arguments().find(|a| a.get_id() == id).unwrap_or_else(|| panic!("ShutdownArgs has no {id}"));
+    let default = arg.get_default_values().first().unwrap_or_else(|| panic!("{id} has no default"));
+    let default = default.to_str().unwrap_or_else(|| panic!("{id}: default {default:?}"));
+    default.parse::<u64>().unwrap_or_else(|_| panic!("{id}: default {default:?} is not a whole number")) as f64
+}
+
 /// A deregistered instance keeps its in-flight requests until the load balancer's deregistration
 /// delay ends; the service needs its drain delay plus its shutdown grace at most. The delay must
 /// cover that, and the service must be started with the template's values.
 #[test]
 fn deregistration_delay_covers_drain_and_shutdown_grace() {
+    let (default_grace_s, default_drain_ms) =
+        (shutdown_default("shutdown_grace_s"), shutdown_default("drain_delay_ms"));
     let mut target_groups = 0;
     for t in templates() {
-        let grace_s = t.default("ShutdownGraceSeconds").unwrap_or(DEFAULT_SHUTDOWN_GRACE_S as f64);
-        let drain_ms = t.default("DrainDelayMs").unwrap_or(DEFAULT_DRAIN_DELAY_MS as f64);
+        let grace_s = t.default("ShutdownGraceSeconds").unwrap_or(default_grace_s);
+        let drain_ms = t.default("DrainDelayMs").unwrap_or(default_drain_ms);
         if let Some(g) = t.default("ShutdownGraceSeconds") {
-            assert_eq!(g, DEFAULT_SHUTDOWN_GRACE_S as f64, "{}: ShutdownGraceSeconds default = the service's", t.file);
+            assert_eq!(g, default_grace_s, "{}: ShutdownGraceSeconds default = the service's", t.file);
             let user_data: Vec<String> = t
                 .resources()
                 .filter(|(_, ty, _)| *ty == "AWS::EC2::LaunchTemplate")

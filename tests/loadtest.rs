@@ -1,18 +1,17 @@
 //! `blipserve loadtest` against the real server.
 
-mod common;
-
 use std::process::Command;
 
-use common::server::Server;
-use common::*;
+use blipserve_testkit::*;
 use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_blipserve");
 
 fn loadtest(server: &Server, extra: &[&str]) -> Value {
     let dir = tempfile::tempdir().unwrap();
-    let frame = write(dir.path(), "frame.jpg", &jpeg(&synthetic_frame(640, 360, 3), 90, turbojpeg::Subsamp::Sub2x2));
+    let frame = write(dir.path(), "frame.jpg", &jpeg(&synthetic_frame(640, 360, 3), 90, Subsamp::Sub2x2));
     let report = dir.path().join("report.json");
-    let out = Command::new(env!("CARGO_BIN_EXE_blipserve"))
+    let out = Command::new(BIN)
         .args(["loadtest", "--url", &server.url("/v1/detect"), "--image"])
         .arg(&frame)
         .arg("--json")
@@ -27,7 +26,7 @@ fn loadtest(server: &Server, extra: &[&str]) -> Value {
 
 #[test]
 fn reported_requests_equal_the_servers_count() {
-    let server = Server::start("tiny", &[]);
+    let server = Server::start(BIN, "tiny", &[]);
     let report = loadtest(&server, &["--concurrency", "4", "--requests", "40"]);
     assert_eq!(report["requests"], 40);
     assert_eq!(report["ok"], 40);
@@ -39,7 +38,7 @@ fn reported_requests_equal_the_servers_count() {
 
 #[test]
 fn open_loop_latency_exceeds_closed_loop_on_a_saturated_server() {
-    let server = Server::start("tiny", &["--replicas", "1", "--max-batch-frames", "1", "--queue-capacity", "512"]);
+    let server = Server::start(BIN, "tiny", &["--replicas", "1", "--max-batch-frames", "1", "--queue-capacity", "512"]);
     let closed = loadtest(&server, &["--concurrency", "1", "--requests", "30"]);
     let capacity = closed["throughput_per_s"].as_f64().unwrap();
     // Three times what the server sustains: its queue grows, and only the open loop sees it.
@@ -78,8 +77,8 @@ fn read_csv(path: &std::path::Path) -> Vec<Row> {
 /// stdout and the parsed JSON.
 fn sweep(extra: &[&str]) -> (tempfile::TempDir, String, Value) {
     let dir = tempfile::tempdir().unwrap();
-    let frame = write(dir.path(), "frame.jpg", &jpeg(&synthetic_frame(640, 360, 5), 90, turbojpeg::Subsamp::Sub2x2));
-    let out = Command::new(env!("CARGO_BIN_EXE_blipserve"))
+    let frame = write(dir.path(), "frame.jpg", &jpeg(&synthetic_frame(640, 360, 5), 90, Subsamp::Sub2x2));
+    let out = Command::new(BIN)
         .args(["loadtest", "sweep", "--image"])
         .arg(&frame)
         .arg("--out")
@@ -179,7 +178,7 @@ fn sweep_starts_servers_and_writes_csv_json_and_a_chart() {
 
 #[test]
 fn sweep_against_a_running_server_reports_no_capacity_when_no_point_meets_the_objective() {
-    let server = Server::start("tiny", &["--replicas", "1"]);
+    let server = Server::start(BIN, "tiny", &["--replicas", "1"]);
     let (dir, stdout, json) = sweep(&[
         "--url",
         &server.url("/v1/detect"),

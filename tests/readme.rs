@@ -1,11 +1,10 @@
 //! The README's API examples, run with curl against a live server: the documentation stays true.
 
-mod common;
-
 use std::process::Command;
 
-use common::server::Server;
-use common::*;
+use blipserve_testkit::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_blipserve");
 
 /// `curl` lines of the `sh` code blocks in the README's "## API" section.
 fn api_examples() -> Vec<String> {
@@ -30,7 +29,7 @@ fn readme_api_examples_work() {
     assert!(repo().join("models/sample-frame.jpg").exists(), "run `make models` first");
     let examples = api_examples();
     assert!(examples.len() >= 8, "expected the README's curl examples, found {}", examples.len());
-    let server = Server::start("tiny", &[]);
+    let server = Server::start(BIN, "tiny", &[]);
     for example in examples {
         let command = example.replace("http://127.0.0.1:8080", &server.base);
         let out = Command::new("bash").args(["-c", &command]).current_dir(repo()).output().expect("run bash");

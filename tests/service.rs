@@ -1,36 +1,24 @@
 //! `blipserve serve`, started as the real binary on a free port, spoken to over HTTP.
 
-mod common;
-
 use std::process::Command;
 use std::time::Duration;
 
 use base64::Engine;
-use common::server::{client, Server};
-use common::*;
-use reqwest::blocking::multipart::{Form, Part};
+use blipserve_testkit::*;
+use reqwest::blocking::multipart::Form;
 use serde_json::{json, Value};
 
-fn frame_jpeg(seed: u32) -> Vec<u8> {
-    jpeg(&synthetic_frame(640, 360, seed), 90, turbojpeg::Subsamp::Sub2x2)
-}
+const BIN: &str = env!("CARGO_BIN_EXE_blipserve");
 
-fn multipart(image: &[u8], questions: &[&str], behaviors: &[&str]) -> Form {
-    let mut form = Form::new().part("image", Part::bytes(image.to_vec()).file_name("frame.jpg"));
-    for q in questions {
-        form = form.text("question", q.to_string());
-    }
-    for b in behaviors {
-        form = form.text("behavior", b.to_string());
-    }
-    form
+fn frame_jpeg(seed: u32) -> Vec<u8> {
+    jpeg(&synthetic_frame(640, 360, seed), 90, Subsamp::Sub2x2)
 }
 
 /// What `blipserve ask` prints for these questions, by question.
 fn ask(image: &[u8], questions: &[&str]) -> Vec<Value> {
     let dir = tempfile::tempdir().unwrap();
     let path = write(dir.path(), "frame.jpg", image);
-    let out = Command::new(env!("CARGO_BIN_EXE_blipserve"))
+    let out = Command::new(BIN)
         .args(["ask", "--model"])
         .arg(model_dir("tiny"))
         .arg("--image")
@@ -52,14 +40,14 @@ fn multipart_and_json_answer_like_ask_and_behaviors_follow_thresholds() {
         b"[behaviors.always]\nquestion = \"is the dog barking?\"\nthreshold = 0.0\n\n\
           [behaviors.never]\nquestion = \"is the dog barking?\"\nthreshold = 1.0\n",
     );
-    let server = Server::start("tiny", &["--config", config.to_str().unwrap()]);
+    let server = Server::start(BIN, "tiny", &["--config", config.to_str().unwrap()]);
     let image = frame_jpeg(1);
     let questions = ["is the dog barking?", "is the cat sleeping on the sofa?"];
     let want = ask(&image, &questions);
 
     let resp = client()
         .post(server.url("/v1/detect"))
-        .multipart(multipart(&image, &questions, &["always", "never"]))
+        .multipart(detect_form(&image, &questions, &["always", "never"]))
         .send()
         .unwrap();
     assert_eq!(resp.status(), 200);
@@ -125,8 +113,11 @@ fn multipart_and_json_answer_like_ask_and_behaviors_follow_thresholds() {
 
 #[test]
 fn bad_requests_get_documented_status_and_json_errors() {
-    let server =
-        Server::start("tiny", &["--max-questions", "3", "--max-question-chars", "40", "--max-body-bytes", "300000"]);
+    let server = Server::start(
+        BIN,
+        "tiny",
+        &["--max-questions", "3", "--max-question-chars", "40", "--max-body-bytes", "300000"],
+    );
     let image = frame_jpeg(2);
     let b64 = |bytes: &[u8]| base64::engine::general_purpose::STANDARD.encode(bytes);
     let post_json = |body: Value| client().post(server.url("/v1/detect")).json(&body).send().unwrap();
@@ -135,15 +126,20 @@ fn bad_requests_get_documented_status_and_json_errors() {
     truncated.truncate(image.len() / 2);
 
     let cases: Vec<(&str, reqwest::blocking::Response, u16, &str)> = vec![
-        ("bad image", post_form(multipart(b"\xFF\xD8\xFFgarbage", &["q?"], &[])), 400, "bad_image"),
-        ("truncated image", post_form(multipart(&truncated, &["q?"], &[])), 400, "bad_image"),
+        ("bad image", post_form(detect_form(b"\xFF\xD8\xFFgarbage", &["q?"], &[])), 400, "bad_image"),
+        ("truncated image", post_form(detect_form(&truncated, &["q?"], &[])), 400, "bad_image"),
         ("missing image", post_form(Form::new().text("question", "is it?")), 400, "missing_image"),
         ("empty image", post_json(json!({"image": "", "questions": ["is it?"]})), 400, "missing_image"),
-        ("no question", post_form(multipart(&image, &[], &[])), 400, "no_question"),
-        ("too many questions", post_form(multipart(&image, &["a?", "b?", "c?", "d?"], &[])), 400, "too_many_questions"),
-        ("question too long", post_form(multipart(&image, &[&"why ".repeat(20)], &[])), 400, "question_too_long"),
-        ("empty question", post_form(multipart(&image, &["   "], &[])), 400, "empty_question"),
-        ("body too large", post_form(multipart(&vec![0xFFu8; 400_000], &["q?"], &[])), 413, "body_too_large"),
+        ("no question", post_form(detect_form(&image, &[], &[])), 400, "no_question"),
+        (
+            "too many questions",
+            post_form(detect_form(&image, &["a?", "b?", "c?", "d?"], &[])),
+            400,
+            "too_many_questions",
+        ),
+        ("question too long", post_form(detect_form(&image, &[&"why ".repeat(20)], &[])), 400, "question_too_long"),
+        ("empty question", post_form(detect_form(&image, &["   "], &[])), 400, "empty_question"),
+        ("body too large", post_form(detect_form(&vec![0xFFu8; 400_000], &["q?"], &[])), 413, "body_too_large"),
         (
             "wrong content type",
             client()
@@ -156,7 +152,7 @@ fn bad_requests_get_documented_status_and_json_errors() {
             "unsupported_media_type",
         ),
         ("bad base64", post_json(json!({"image": "not*base64!", "questions": ["is it?"]})), 400, "bad_base64"),
-        ("unknown behaviour", post_form(multipart(&image, &[], &["juggling"])), 400, "unknown_behavior"),
+        ("unknown behaviour", post_form(detect_form(&image, &[], &["juggling"])), 400, "unknown_behavior"),
         (
             "bad mode",
             post_json(json!({"image": b64(&image), "questions": ["is it?"], "mode": "poetry"})),
@@ -196,21 +192,21 @@ fn bad_requests_get_documented_status_and_json_errors() {
         assert!(body["error"].as_str().is_some_and(|e| !e.is_empty()), "{name}");
     }
     // Still serving, and every refusal was counted.
-    assert_eq!(post_form(multipart(&image, &["is it?"], &[])).status(), 200);
+    assert_eq!(post_form(detect_form(&image, &["is it?"], &[])).status(), 200);
     assert_eq!(server.metric("blipserve_requests_total{outcome=\"bad_image\"}"), 2.0);
 }
 
 #[test]
 fn api_keys_guard_detect_only() {
-    let server = Server::start("tiny", &["--api-key", "k1,k2"]);
+    let server = Server::start(BIN, "tiny", &["--api-key", "k1,k2"]);
     let image = frame_jpeg(3);
-    let resp = client().post(server.url("/v1/detect")).multipart(multipart(&image, &["is it?"], &[])).send().unwrap();
+    let resp = client().post(server.url("/v1/detect")).multipart(detect_form(&image, &["is it?"], &[])).send().unwrap();
     assert_eq!(resp.status(), 401);
     assert_eq!(resp.json::<Value>().unwrap()["code"], "unauthorized");
     let resp = client()
         .post(server.url("/v1/detect"))
         .bearer_auth("k2")
-        .multipart(multipart(&image, &["is it?"], &[]))
+        .multipart(detect_form(&image, &["is it?"], &[]))
         .send()
         .unwrap();
     assert_eq!(resp.status(), 200);
@@ -219,23 +215,20 @@ fn api_keys_guard_detect_only() {
     }
     // A stray comma would add an empty key: refused at start-up (bounded wait: a server that
     // starts anyway is killed and the test fails).
-    let mut child = Command::new(env!("CARGO_BIN_EXE_blipserve"))
+    let mut child = Command::new(BIN)
         .args(["serve", "--listen", "127.0.0.1", "--port", "0", "--api-key", "k1,", "--model"])
         .arg(model_dir("tiny"))
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let started = std::time::Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break Some(status);
-        }
-        if started.elapsed() > Duration::from_secs(10) {
-            let _ = child.kill();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let mut status = None;
+    eventually_every(Duration::from_secs(10), Duration::from_millis(20), || {
+        status = child.try_wait().unwrap();
+        status.is_some()
+    });
+    if status.is_none() {
+        let _ = child.kill();
+    }
     let stderr = child.wait_with_output().unwrap().stderr;
     assert!(status.is_some_and(|s| !s.success()), "a server with an empty API key started");
     assert!(String::from_utf8_lossy(&stderr).contains("API key is empty"));
@@ -245,6 +238,7 @@ fn api_keys_guard_detect_only() {
 fn overload_gets_429_not_errors_and_recovers() {
     // One replica, one batch at a time, room for one waiting frame.
     let server = Server::start(
+        BIN,
         "tiny",
         &["--replicas", "1", "--max-batch-frames", "1", "--queue-capacity", "1", "--max-wait-us", "0"],
     );
@@ -256,7 +250,7 @@ fn overload_gets_429_not_errors_and_recovers() {
                 s.spawn(move || {
                     let resp = client()
                         .post(url)
-                        .multipart(multipart(&image, &["is the dog barking?"; 3], &[]))
+                        .multipart(detect_form(&image, &["is the dog barking?"; 3], &[]))
                         .send()
                         .unwrap();
                     let status = resp.status().as_u16();
@@ -273,7 +267,7 @@ fn overload_gets_429_not_errors_and_recovers() {
     assert!(statuses.iter().all(|s| *s == 200 || *s == 429), "{statuses:?}");
     assert!(statuses.contains(&429), "the queue never filled: {statuses:?}");
     assert!(statuses.contains(&200));
-    let resp = client().post(server.url("/v1/detect")).multipart(multipart(&image, &["is it?"], &[])).send().unwrap();
+    let resp = client().post(server.url("/v1/detect")).multipart(detect_form(&image, &["is it?"], &[])).send().unwrap();
     assert_eq!(resp.status(), 200);
     assert_eq!(
         server.metric("blipserve_requests_total{outcome=\"overloaded\"}") as usize,
@@ -283,7 +277,7 @@ fn overload_gets_429_not_errors_and_recovers() {
 
 #[test]
 fn concurrent_frames_are_batched_and_answer_as_alone() {
-    let server = Server::start("tiny", &["--replicas", "1", "--max-batch-frames", "8", "--max-wait-us", "200000"]);
+    let server = Server::start(BIN, "tiny", &["--replicas", "1", "--max-batch-frames", "8", "--max-wait-us", "200000"]);
     let frames: Vec<Vec<u8>> = (0..6).map(|i| frame_jpeg(10 + i)).collect();
     let questions = ["is the dog barking?", "is the cat on the sofa by the window?"];
     let alone: Vec<Value> = frames
@@ -291,7 +285,7 @@ fn concurrent_frames_are_batched_and_answer_as_alone() {
         .map(|f| {
             client()
                 .post(server.url("/v1/detect"))
-                .multipart(multipart(f, &questions, &[]))
+                .multipart(detect_form(f, &questions, &[]))
                 .send()
                 .unwrap()
                 .json()
@@ -304,7 +298,13 @@ fn concurrent_frames_are_batched_and_answer_as_alone() {
             .map(|f| {
                 let url = server.url("/v1/detect");
                 s.spawn(move || {
-                    client().post(url).multipart(multipart(f, &questions, &[])).send().unwrap().json::<Value>().unwrap()
+                    client()
+                        .post(url)
+                        .multipart(detect_form(f, &questions, &[]))
+                        .send()
+                        .unwrap()
+                        .json::<Value>()
+                        .unwrap()
                 })
             })
             .collect();
@@ -329,6 +329,7 @@ fn concurrent_frames_are_batched_and_answer_as_alone() {
 #[test]
 fn sigterm_drains_in_flight_requests_and_exits_zero() {
     let mut server = Server::start(
+        BIN,
         "tiny",
         &["--replicas", "1", "--max-batch-frames", "1", "--drain-delay-ms", "1500", "--queue-capacity", "64"],
     );
@@ -341,7 +342,7 @@ fn sigterm_drains_in_flight_requests_and_exits_zero() {
                 s.spawn(move || {
                     client()
                         .post(url)
-                        .multipart(multipart(&image, &["is the dog barking?"; 4], &[]))
+                        .multipart(detect_form(&image, &["is the dog barking?"; 4], &[]))
                         .send()
                         .map(|r| r.status().as_u16())
                 })
@@ -361,10 +362,10 @@ fn sigterm_drains_in_flight_requests_and_exits_zero() {
 
 #[test]
 fn metrics_pass_promtool_and_openapi_passes_a_validator() {
-    let server = Server::start("tiny", &[]);
+    let server = Server::start(BIN, "tiny", &[]);
     let image = frame_jpeg(6);
-    client().post(server.url("/v1/detect")).multipart(multipart(&image, &["is it?"], &[])).send().unwrap();
-    client().post(server.url("/v1/detect")).multipart(multipart(b"nope", &["is it?"], &[])).send().unwrap();
+    client().post(server.url("/v1/detect")).multipart(detect_form(&image, &["is it?"], &[])).send().unwrap();
+    client().post(server.url("/v1/detect")).multipart(detect_form(b"nope", &["is it?"], &[])).send().unwrap();
     let metrics = client().get(server.url("/metrics")).send().unwrap().text().unwrap();
     for name in [
         "blipserve_requests_total",
@@ -375,20 +376,10 @@ fn metrics_pass_promtool_and_openapi_passes_a_validator() {
     ] {
         assert!(metrics.contains(name), "{name} missing");
     }
-    let mut promtool = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .output_with_stdin(metrics.as_bytes());
-    assert!(promtool.0, "promtool check metrics failed:\n{}", promtool.1);
-    promtool.1.clear();
+    promtool_check(&metrics);
 
-    let dir = tempfile::tempdir().unwrap();
     let spec = client().get(server.url("/openapi.json")).send().unwrap().bytes().unwrap();
-    let path = write(dir.path(), "openapi.json", &spec);
-    let tools = repo().join(".venv-tools/bin/python");
-    assert!(tools.exists(), "run `make python` for the OpenAPI validator");
-    let out = Command::new(tools).args(["-m", "openapi_spec_validator"]).arg(&path).output().unwrap();
-    assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    openapi_validate(&spec);
 
     let spec: Value = serde_json::from_slice(&spec).unwrap();
     for path in ["/v1/detect", "/v1/behaviors", "/v1/info", "/health", "/ready", "/metrics", "/openapi.json", "/docs"] {
@@ -404,37 +395,20 @@ fn metrics_pass_promtool_and_openapi_passes_a_validator() {
     assert!(info["replicas"].as_u64().unwrap() >= 1);
 }
 
-trait OutputWithStdin {
-    fn output_with_stdin(&mut self, input: &[u8]) -> (bool, String);
-}
-
-impl OutputWithStdin for Command {
-    fn output_with_stdin(&mut self, input: &[u8]) -> (bool, String) {
-        use std::io::Write;
-        let mut child = self
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("run promtool (make setup installs it)");
-        child.stdin.take().unwrap().write_all(input).unwrap();
-        let out = child.wait_with_output().unwrap();
-        (
-            out.status.success(),
-            format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)),
-        )
-    }
-}
-
 #[test]
 fn past_its_deadline_a_request_gets_504_and_is_not_run() {
-    let server = Server::start("tiny", &["--request-timeout-ms", "1"]);
-    let resp =
-        client().post(server.url("/v1/detect")).multipart(multipart(&frame_jpeg(7), &["is it?"], &[])).send().unwrap();
+    let server = Server::start(BIN, "tiny", &["--request-timeout-ms", "1"]);
+    let resp = client()
+        .post(server.url("/v1/detect"))
+        .multipart(detect_form(&frame_jpeg(7), &["is it?"], &[]))
+        .send()
+        .unwrap();
     assert_eq!(resp.status(), 504);
     assert_eq!(resp.json::<Value>().unwrap()["code"], "deadline_exceeded");
-    std::thread::sleep(Duration::from_millis(200));
-    let dropped = server.metric("blipserve_dropped_total{reason=\"expired\"}")
-        + server.metric("blipserve_dropped_total{reason=\"cancelled\"}");
+    // Bounded wait for the drop to be recorded (blipserve_dropped_total appears with its first).
+    let expired = "blipserve_dropped_total{reason=\"expired\"}";
+    eventually(Duration::from_secs(10), || server.try_metric(expired).is_some());
+    let dropped = server.metric(expired) + server.metric("blipserve_dropped_total{reason=\"cancelled\"}");
     assert_eq!(dropped, 1.0, "the expired frame must be dropped before inference");
     assert_eq!(server.metric("blipserve_batch_frames_count"), 0.0);
 }
@@ -442,6 +416,7 @@ fn past_its_deadline_a_request_gets_504_and_is_not_run() {
 #[test]
 fn frames_of_clients_that_hung_up_are_dropped_before_inference() {
     let server = Server::start(
+        BIN,
         "tiny",
         &["--replicas", "1", "--max-batch-frames", "1", "--max-wait-us", "0", "--max-questions", "48"],
     );
@@ -450,8 +425,8 @@ fn frames_of_clients_that_hung_up_are_dropped_before_inference() {
         .map(|i| format!("is the big brown dog number {i} barking at the mail carrier by the front door?"))
         .collect();
     let long: Vec<&str> = long.iter().map(String::as_str).collect();
-    let busy = multipart(&frame_jpeg(8), &long, &[]).text("mode", "generate");
-    let small = jpeg(&synthetic_frame(64, 48, 9), 90, turbojpeg::Subsamp::Sub2x2);
+    let busy = detect_form(&frame_jpeg(8), &long, &[]).text("mode", "generate");
+    let small = jpeg(&synthetic_frame(64, 48, 9), 90, Subsamp::Sub2x2);
     std::thread::scope(|s| {
         let url = server.url("/v1/detect");
         let patient = s.spawn(move || {
@@ -465,7 +440,7 @@ fn frames_of_clients_that_hung_up_are_dropped_before_inference() {
             s.spawn(move || {
                 let impatient =
                     reqwest::blocking::Client::builder().timeout(Duration::from_millis(150)).build().unwrap();
-                let _ = impatient.post(url).multipart(multipart(&small, &["is it?"], &[])).send();
+                let _ = impatient.post(url).multipart(detect_form(&small, &["is it?"], &[])).send();
             });
         }
         let (status, inference_ms) = patient.join().unwrap();
@@ -473,13 +448,17 @@ fn frames_of_clients_that_hung_up_are_dropped_before_inference() {
         // The premise: the replica was busy for longer than the impatient clients waited.
         assert!(inference_ms > 400.0, "the blocking request took only {inference_ms} ms");
     });
-    std::thread::sleep(Duration::from_millis(500));
+    // Bounded wait for the server to see the departed clients: none in flight, one cancelled.
+    eventually(Duration::from_secs(10), || {
+        server.metric("blipserve_in_flight_requests") == 0.0
+            && server.try_metric("blipserve_dropped_total{reason=\"cancelled\"}").is_some_and(|c| c >= 1.0)
+    });
     let cancelled = server.metric("blipserve_dropped_total{reason=\"cancelled\"}");
     let inferred = server.metric("blipserve_batch_frames_sum");
     assert!(cancelled >= 1.0, "no frame of a departed client was dropped ({inferred} inferred)");
     assert!(inferred + cancelled <= 5.0 && inferred < 5.0, "{inferred} inferred, {cancelled} cancelled");
     assert_eq!(server.metric("blipserve_in_flight_requests"), 0.0, "departed clients still counted in flight");
     assert!(server.metric("blipserve_requests_total{outcome=\"cancelled\"}") >= 1.0);
-    let resp = client().post(server.url("/v1/detect")).multipart(multipart(&small, &["is it?"], &[])).send().unwrap();
+    let resp = client().post(server.url("/v1/detect")).multipart(detect_form(&small, &["is it?"], &[])).send().unwrap();
     assert_eq!(resp.status(), 200);
 }

@@ -1,0 +1,330 @@
+//! Forwarding: a checked detect request goes, body and content type exactly as received, to a
+//! worker chosen by [`Attempts`], the one retry loop of the gateway (also used for
+//! `/v1/behaviors`).
+//!
+//! The request id goes along as `x-request-id`, and what is left of the request's deadline as
+//! `x-request-timeout-ms`, so a worker never works past the client's deadline. Connection errors,
+//! 503 and 429 are retried on another worker (of the same pool or another) within the deadline
+//! and `max_attempts`; any other answer, 4xx or 5xx, is passed through unchanged. When no worker
+//! can take the request the client gets 503 `no_upstream`.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Extension;
+use futures_util::StreamExt;
+use serde_json::Value;
+
+use super::pools::{self, Attempt, Pool, Snapshot, Upstream};
+use super::Gateway;
+use crate::detect;
+use crate::frame::check_header;
+use crate::http::body::{self, TIMEOUT_HEADER};
+use crate::http::error::ApiError;
+use crate::http::{self, RequestId};
+
+/// The workers one request tries, in order: never one twice, at most `max_attempts`; each
+/// attempt after the first counts as a retry of the pool that failed before it.
+struct Attempts<'a> {
+    gw: &'a Gateway,
+    snapshot: &'a Snapshot,
+    tried: Vec<Arc<Upstream>>,
+    previous: Option<&'a Pool>,
+}
+
+impl<'a> Attempts<'a> {
+    fn new(gw: &'a Gateway, snapshot: &'a Snapshot) -> Attempts<'a> {
+        Attempts { gw, snapshot, tried: Vec::new(), previous: None }
+    }
+
+    fn next(&mut self) -> Option<(&'a Pool, Arc<Upstream>)> {
+        if self.tried.len() >= self.gw.settings.max_attempts {
+            return None;
+        }
+        let (pool, upstream) = self.snapshot.pick(&self.tried)?;
+        if let Some(previous) = self.previous {
+            self.gw.metrics.retries.with_label_values(&[previous.name.as_str(), previous.backend.as_str()]).inc();
+        }
+        self.previous = Some(pool);
+        self.tried.push(upstream.clone());
+        Some((pool, upstream))
+    }
+
+    /// Attempts made so far.
+    fn count(&self) -> usize {
+        self.tried.len()
+    }
+}
+
+/// `POST /v1/detect`: check, then forward until a worker answers.
+pub(super) async fn detect(
+    State(gw): State<Arc<Gateway>>,
+    Extension(RequestId(request_id)): Extension<RequestId>,
+    request: Request,
+) -> Response {
+    let mut outcome = gw.metrics.requests.begin();
+    match forward(&gw, &request_id, request).await {
+        Ok((response, code)) => {
+            outcome.finish(&code, response.status().as_u16());
+            response
+        }
+        Err(e) => {
+            tracing::info!(request_id, code = e.code(), error = %e, "detect refused by the gateway");
+            outcome.finish(e.code(), e.status().as_u16());
+            e.into_response()
+        }
+    }
+}
+
+/// The catalogue as a worker has it (the gateway has none of its own).
+pub(super) async fn behaviors(State(gw): State<Arc<Gateway>>) -> Response {
+    let snapshot = gw.pools.current();
+    let mut attempts = Attempts::new(&gw, &snapshot);
+    while let Some((_, upstream)) = attempts.next() {
+        let answer = async {
+            let url = format!("{}/v1/behaviors", upstream.url);
+            let response = gw.client.get(url).timeout(Duration::from_secs(5)).send().await?;
+            let status = response.status();
+            let content_type = response.headers().get(header::CONTENT_TYPE).cloned();
+            Ok::<_, reqwest::Error>((status, content_type, response.bytes().await?))
+        };
+        if let Ok((status, content_type, body)) = answer.await {
+            if status.is_success() {
+                let mut response = (status, body).into_response();
+                if let Some(ct) = content_type {
+                    response.headers_mut().insert(header::CONTENT_TYPE, ct);
+                }
+                return response;
+            }
+        }
+    }
+    ApiError::NoUpstream.into_response()
+}
+
+/// The share of the remaining time the worker is given, so that its own 504 (rather than the
+/// gateway's timeout) reaches the client when the deadline passes.
+fn worker_budget(remaining: Duration) -> Duration {
+    remaining.saturating_sub((remaining / 10).min(Duration::from_millis(50)))
+}
+
+/// Checks, then forwards until a worker answers. Returns the response and its outcome label.
+async fn forward(gw: &Gateway, request_id: &str, request: Request) -> Result<(Response, String), ApiError> {
+    let s = &gw.settings;
+    let deadline = body::deadline(request.headers(), Instant::now(), s.limits.request_timeout);
+    let (parts, body) = request.into_parts();
+    let bytes = body::read_before(body, s.limits.max_body_bytes, deadline).await?;
+    http::authorize(&s.api_keys, &parts.headers)?;
+    let bytes = bytes?;
+    let raw = body::parse_body(&parts.headers, bytes.clone()).await?;
+    let checked = detect::check(raw, &s.limits, None)?;
+    check_header(&checked.image, &s.image_limits)?;
+    drop(checked);
+
+    // The original bytes and content type go to the worker: nothing is re-encoded.
+    let content_type =
+        parts.headers.get(header::CONTENT_TYPE).cloned().ok_or(ApiError::UnsupportedMediaType(String::new()))?;
+    let authorization = parts.headers.get(header::AUTHORIZATION).cloned();
+    let snapshot = gw.pools.current();
+    let mut attempts = Attempts::new(gw, &snapshot);
+    let mut refused: Option<Relayed> = None;
+    while let Some((pool, upstream)) = attempts.next() {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        if remaining.is_zero() {
+            return Err(ApiError::DeadlineExceeded);
+        }
+        let labels = [pool.name.as_str(), pool.backend.as_str()];
+        let record = |attempt: Attempt| {
+            upstream.record(attempt);
+            gw.metrics.upstream_requests.with_label_values(&[labels[0], labels[1], attempt.as_str()]).inc();
+        };
+        let flight = upstream.begin();
+        let mut outgoing = gw
+            .client
+            .post(upstream.detect_url())
+            .timeout(remaining)
+            .header(header::CONTENT_TYPE, content_type.clone())
+            .header("x-request-id", request_id)
+            .header(TIMEOUT_HEADER, worker_budget(remaining).as_millis().to_string())
+            .body(bytes.clone());
+        if let Some(authorization) = &authorization {
+            outgoing = outgoing.header(header::AUTHORIZATION, authorization.clone());
+        }
+        let sent = Instant::now();
+        let result = outgoing.send().await;
+        gw.metrics.upstream_seconds.with_label_values(&labels).observe(sent.elapsed().as_secs_f64());
+        let response = match result {
+            Ok(response) => response,
+            Err(e) if e.is_timeout() && !e.is_connect() => {
+                record(Attempt::Timeout);
+                return Err(ApiError::DeadlineExceeded);
+            }
+            Err(e) => {
+                // Refused, reset, closed mid-answer (a killed worker): detection is idempotent,
+                // so another worker may answer it.
+                record(Attempt::Transport);
+                upstream.eject(s.eject, &error_chain(&e));
+                continue;
+            }
+        };
+        let status = response.status();
+        if status == StatusCode::OK {
+            record(Attempt::Ok);
+            return Ok((relay_stream(response, flight, pool, attempts.count()), "ok".into()));
+        }
+        // An error answer is small: read it whole, to learn its code and free the connection.
+        let relayed = match Relayed::read(response, pool, attempts.count(), deadline).await {
+            Ok(relayed) => relayed,
+            Err(e) => {
+                record(Attempt::Transport);
+                upstream.eject(s.eject, &format!("reading the answer: {e}"));
+                continue;
+            }
+        };
+        drop(flight);
+        match status.as_u16() {
+            429 => {
+                record(Attempt::Overloaded);
+                refused = Some(relayed);
+            }
+            503 => {
+                record(Attempt::Unavailable);
+                upstream.eject(s.eject, "503");
+                refused = Some(relayed);
+            }
+            504 => {
+                record(Attempt::Timeout);
+                return Ok(relayed.response());
+            }
+            500..=599 => {
+                record(Attempt::ServerError);
+                upstream.eject(s.eject, &format!("status {status}"));
+                return Ok(relayed.response());
+            }
+            _ => {
+                record(Attempt::ClientError);
+                return Ok(relayed.response());
+            }
+        }
+    }
+    // Every worker tried refused (429/503): the last refusal tells the client when to retry.
+    if let Some(refused) = refused {
+        return Ok(refused.response());
+    }
+    if Instant::now() >= deadline {
+        return Err(ApiError::DeadlineExceeded);
+    }
+    Err(ApiError::NoUpstream)
+}
+
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+/// Headers that belong to one connection, not to the message.
+fn hop_by_hop(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "connection"
+            | "keep-alive"
+            | "proxy-authenticate"
+            | "proxy-authorization"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+    )
+}
+
+fn copy_headers(from: &HeaderMap, to: &mut HeaderMap, pool: &Pool, attempts: usize) {
+    for (name, value) in from {
+        if !hop_by_hop(name) {
+            to.append(name.clone(), value.clone());
+        }
+    }
+    if let Ok(v) = HeaderValue::from_str(&pool.name) {
+        to.insert("x-blipserve-pool", v);
+    }
+    to.insert("x-blipserve-backend", HeaderValue::from_static(pool.backend.as_str()));
+    to.insert("x-blipserve-attempts", HeaderValue::from(attempts));
+}
+
+/// The worker's answer, streamed to the client as it arrives.
+fn relay_stream(response: reqwest::Response, flight: pools::InFlight, pool: &Pool, attempts: usize) -> Response {
+    let status = response.status();
+    let mut headers = HeaderMap::new();
+    copy_headers(response.headers(), &mut headers, pool, attempts);
+    // The worker stays counted in flight until its body has been relayed.
+    let body = Body::from_stream(response.bytes_stream().map(move |chunk| {
+        let _ = &flight;
+        chunk
+    }));
+    let mut relayed = Response::new(body);
+    *relayed.status_mut() = status;
+    *relayed.headers_mut() = headers;
+    relayed
+}
+
+/// A worker's error answer, read whole.
+struct Relayed {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Bytes,
+    /// The worker's error code, the outcome label.
+    code: String,
+}
+
+impl Relayed {
+    const LIMIT: usize = 1 << 20;
+
+    async fn read(
+        response: reqwest::Response,
+        pool: &Pool,
+        attempts: usize,
+        deadline: Instant,
+    ) -> Result<Relayed, String> {
+        let status = response.status();
+        let mut headers = HeaderMap::new();
+        copy_headers(response.headers(), &mut headers, pool, attempts);
+        let mut body = Vec::new();
+        let mut stream = response.bytes_stream();
+        let read = async {
+            while let Some(chunk) = stream.next().await {
+                let chunk = chunk.map_err(|e| error_chain(&e))?;
+                if body.len() + chunk.len() > Self::LIMIT {
+                    return Err(format!("an error answer over {} bytes", Self::LIMIT));
+                }
+                body.extend_from_slice(&chunk);
+            }
+            Ok(())
+        };
+        match tokio::time::timeout_at(deadline.into(), read).await {
+            Err(_) => return Err("the deadline passed".into()),
+            Ok(result) => result?,
+        }
+        let code = serde_json::from_slice::<Value>(&body)
+            .ok()
+            .and_then(|v| v.get("code").and_then(Value::as_str).map(str::to_string))
+            .filter(|c| c.len() <= 64 && c.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'))
+            .unwrap_or_else(|| format!("upstream_{}", status.as_u16()));
+        headers.remove(header::CONTENT_LENGTH);
+        Ok(Relayed { status, headers, body: Bytes::from(body), code })
+    }
+
+    fn response(self) -> (Response, String) {
+        let mut response = Response::new(Body::from(self.body));
+        *response.status_mut() = self.status;
+        *response.headers_mut() = self.headers;
+        (response, self.code)
+    }
+}

@@ -1,0 +1,50 @@
+//! `GET /v1/info` of the inference tier (`serve`, `worker`), as a type: the model, where it
+//! runs, batching and limits. The gateway's is [`crate::gateway::GatewayInfo`].
+
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::settings::LimitsInfo;
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ServeInfo {
+    pub version: &'static str,
+    /// `serve` or `worker`.
+    pub role: &'static str,
+    pub model: ModelInfo,
+    /// cpu, cuda:N or neuron.
+    pub device: String,
+    pub replicas: usize,
+    pub threads_per_replica: usize,
+    pub batching: Batching,
+    pub limits: LimitsInfo,
+    /// API keys are required on /v1/detect.
+    pub auth: bool,
+    /// Every replica loaded and warmed, and not draining.
+    pub ready: bool,
+    /// Frames waiting for a replica.
+    pub queue_depth: usize,
+}
+
+/// What the model directory's manifest says of the model.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ModelInfo {
+    pub id: String,
+    pub dir: String,
+    /// Where the weights came from (a checkpoint, or a random initialisation with its seed).
+    #[schema(value_type = Object)]
+    pub source: serde_json::Value,
+    /// cpu, cuda or neuron: what the parts were exported for.
+    pub target: String,
+    pub dtype: String,
+    pub static_shapes: bool,
+    pub torch: String,
+    pub transformers: String,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Batching {
+    pub max_batch_frames: usize,
+    pub max_wait_us: u64,
+    pub queue_capacity: usize,
+}

@@ -1,0 +1,69 @@
+//! The batcher thread: waits for an idle replica, then gathers the jobs that are waiting (or
+//! arrive within `max_wait`) into one batch of at most `max_batch_frames` frames, all in the
+//! same answer mode.
+
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::time::Instant;
+
+use super::{EngineConfig, EngineError, EngineMetrics, Job};
+
+/// What the batcher thread owns.
+pub(super) struct Batcher {
+    pub config: EngineConfig,
+    pub jobs: mpsc::Receiver<Job>,
+    pub idle: mpsc::Receiver<usize>,
+    pub workers: Vec<mpsc::Sender<Vec<Job>>>,
+    pub metrics: EngineMetrics,
+}
+
+impl Batcher {
+    pub(super) fn spawn(self) {
+        std::thread::Builder::new().name("batcher".into()).spawn(move || self.run()).expect("spawn the batcher thread");
+    }
+
+    fn run(self) {
+        let Batcher { config, jobs, idle, workers, metrics } = self;
+        let take = |job: Job| {
+            metrics.queue_depth.dec();
+            job
+        };
+        // A job of another answer mode than the batch being built waits for the next batch.
+        let mut carried: Option<Job> = None;
+        loop {
+            let Ok(worker) = idle.recv() else { return };
+            let first = match carried.take() {
+                Some(job) => job,
+                None => match jobs.recv() {
+                    Ok(job) => take(job),
+                    Err(_) => return, // queue closed: shutting down
+                },
+            };
+            let mode = first.mode;
+            let mut batch = vec![first];
+            let until = Instant::now() + config.max_wait;
+            while batch.len() < config.max_batch_frames && carried.is_none() {
+                // Returns at once when a job is already waiting.
+                match jobs.recv_timeout(until.saturating_duration_since(Instant::now())) {
+                    Ok(job) if job.mode == mode => batch.push(take(job)),
+                    Ok(job) => carried = Some(take(job)),
+                    Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => break,
+                }
+            }
+            let now = Instant::now();
+            let (live, dropped): (Vec<Job>, Vec<Job>) =
+                batch.into_iter().partition(|job| !job.reply.is_closed() && job.deadline > now);
+            for job in dropped {
+                if job.reply.is_closed() {
+                    metrics.dropped.with_label_values(&["cancelled"]).inc();
+                } else {
+                    metrics.dropped.with_label_values(&["expired"]).inc();
+                    let _ = job.reply.send(Err(EngineError::Expired));
+                }
+            }
+            // An empty batch just hands the replica back to the idle pool.
+            if workers[worker].send(live).is_err() {
+                tracing::error!(replica = worker, "model replica has stopped");
+            }
+        }
+    }
+}

@@ -1,0 +1,152 @@
+//! The inference engine: a bounded queue, a batcher thread, and one OS thread per model replica.
+//!
+//! libtorch calls block, so none of this runs on the async runtime. A request's frame (already
+//! preprocessed) and questions become a [`Job`]; the batcher groups jobs that arrive while the
+//! replicas are busy (up to `max_batch_frames`, waiting at most `max_wait` for more) and hands
+//! each group to an idle replica, which encodes the frames in one batch and answers every
+//! question. A full queue is refused at once ([`SubmitError::QueueFull`]); jobs whose client has
+//! gone or whose deadline has passed are dropped before inference.
+
+mod batcher;
+mod worker;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use blipserve_api::metrics::Registry;
+use prometheus::{Histogram, IntCounterVec, IntGauge};
+use tokio::sync::oneshot;
+
+use crate::model::{Answer, AnswerMode, LoadOptions, Pixels, Question};
+
+/// What the engine reports to Prometheus.
+#[derive(Clone)]
+pub struct EngineMetrics {
+    /// Frames waiting for a replica: the one count of the queue's depth.
+    pub queue_depth: IntGauge,
+    /// Frames per batch handed to a replica.
+    pub batch_frames: Histogram,
+    /// Work dropped before inference: `cancelled` (client gone) or `expired` (deadline passed).
+    pub dropped: IntCounterVec,
+}
+
+impl EngineMetrics {
+    pub fn new(registry: &Registry) -> EngineMetrics {
+        EngineMetrics {
+            queue_depth: registry.gauge("queue_depth", "Frames waiting for a model replica"),
+            batch_frames: registry.histogram(
+                "batch_frames",
+                "Frames per inference batch",
+                Some(&[1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0, 24.0, 32.0]),
+            ),
+            dropped: registry.counter_vec("dropped_total", "Frames dropped before inference", &["reason"]),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    pub model_dir: PathBuf,
+    pub load: LoadOptions,
+    pub replicas: usize,
+    pub threads_per_replica: usize,
+    pub max_batch_frames: usize,
+    pub max_wait: Duration,
+    pub queue_capacity: usize,
+}
+
+/// One frame and its questions, waiting for a replica.
+pub struct Job {
+    pub pixels: Pixels,
+    pub questions: Vec<Question>,
+    pub mode: AnswerMode,
+    pub deadline: Instant,
+    pub enqueued: Instant,
+    pub reply: oneshot::Sender<Result<JobResult, EngineError>>,
+}
+
+#[derive(Debug)]
+pub struct JobResult {
+    pub answers: Vec<Answer>,
+    pub queued: Duration,
+    pub inference: Duration,
+    pub batch_frames: usize,
+}
+
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum SubmitError {
+    #[error("the inference queue is full")]
+    QueueFull,
+    #[error("the engine is shutting down")]
+    ShuttingDown,
+}
+
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum EngineError {
+    #[error("the request's deadline passed before a model replica was free")]
+    Expired,
+    #[error("inference failed: {0}")]
+    Inference(String),
+}
+
+/// Handle to the running engine. Dropping it closes the queue; replicas finish what they hold.
+pub struct Engine {
+    queue: mpsc::SyncSender<Job>,
+    loaded: Arc<AtomicUsize>,
+    failed: Arc<AtomicBool>,
+    replicas: usize,
+    capacity: usize,
+    metrics: EngineMetrics,
+}
+
+impl Engine {
+    /// Starts the replicas (each loads and warms its own copy of the model) and the batcher.
+    /// Returns at once; `loaded` reports when every replica is ready, or the first load error.
+    pub fn start(config: EngineConfig, metrics: EngineMetrics) -> (Engine, oneshot::Receiver<Result<(), String>>) {
+        let (queue, jobs) = mpsc::sync_channel::<Job>(config.queue_capacity);
+        let loaded = Arc::new(AtomicUsize::new(0));
+        let failed = Arc::new(AtomicBool::new(false));
+        let (loaded_tx, loaded_rx) = oneshot::channel();
+        let (idle_tx, idle_rx) = mpsc::channel::<usize>();
+        let load_report = worker::LoadReport::new(config.replicas, loaded.clone(), failed.clone(), loaded_tx);
+        let workers: Vec<mpsc::Sender<Vec<Job>>> = (0..config.replicas)
+            .map(|id| worker::spawn(id, &config, idle_tx.clone(), load_report.clone(), metrics.clone()))
+            .collect();
+        batcher::Batcher { config: config.clone(), jobs, idle: idle_rx, workers, metrics: metrics.clone() }.spawn();
+        let engine =
+            Engine { queue, loaded, failed, replicas: config.replicas, capacity: config.queue_capacity, metrics };
+        (engine, loaded_rx)
+    }
+
+    /// Queues a job, or refuses it at once when the queue is full.
+    pub fn submit(&self, job: Job) -> Result<(), SubmitError> {
+        self.metrics.queue_depth.inc();
+        match self.queue.try_send(job) {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                self.metrics.queue_depth.dec();
+                Err(match e {
+                    mpsc::TrySendError::Full(_) => SubmitError::QueueFull,
+                    mpsc::TrySendError::Disconnected(_) => SubmitError::ShuttingDown,
+                })
+            }
+        }
+    }
+
+    /// Every replica has loaded its model and run a real forward pass.
+    pub fn is_ready(&self) -> bool {
+        !self.failed.load(Ordering::SeqCst) && self.loaded.load(Ordering::SeqCst) == self.replicas
+    }
+
+    /// A job submitted now would be refused (callers check before costly preprocessing).
+    pub fn queue_is_full(&self) -> bool {
+        self.queue_depth() >= self.capacity
+    }
+
+    pub fn queue_depth(&self) -> usize {
+        self.metrics.queue_depth.get().max(0) as usize
+    }
+}

@@ -1,0 +1,78 @@
+//! `POST /v1/detect`: read the body within its limits, authorise, check, answer through the
+//! [`crate::infer::Infer`] facade, render.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderValue};
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use blipserve_api::detect::{self, DetectResponse};
+use blipserve_api::http::error::ApiError;
+use blipserve_api::http::{self as api_http, body, RequestId};
+
+use super::AppState;
+
+pub async fn detect(
+    State(state): State<Arc<AppState>>,
+    Extension(RequestId(request_id)): Extension<RequestId>,
+    request: Request,
+) -> Response {
+    let mut outcome = state.requests.begin();
+    match handle(&state, request_id.clone(), request).await {
+        Ok(response) => {
+            outcome.finish("ok", 200);
+            response
+        }
+        Err(e) => {
+            tracing::info!(request_id, code = e.code(), error = %e, "detect refused");
+            outcome.finish(e.code(), e.status().as_u16());
+            e.into_response()
+        }
+    }
+}
+
+async fn handle(state: &AppState, request_id: String, request: Request) -> Result<Response, ApiError> {
+    let started = Instant::now();
+    let infer = &state.infer;
+    let deadline = body::deadline(request.headers(), started, infer.limits().request_timeout);
+    let (parts, body) = request.into_parts();
+    let bytes = body::read_before(body, infer.limits().max_body_bytes, deadline).await?;
+    api_http::authorize(&state.api_keys, &parts.headers)?;
+    infer.check_ready()?;
+    let raw = body::parse_body(&parts.headers, bytes?).await?;
+    let checked = detect::check(raw, infer.limits(), Some(infer.behaviors()))?;
+
+    let detection = infer.detect(checked, started, deadline).await?;
+
+    let t = detection.timings;
+    let mut headers = HeaderMap::new();
+    for (name, value) in [
+        ("x-queue-ms", t.queue),
+        ("x-preprocess-ms", t.preprocess),
+        ("x-inference-ms", t.inference),
+        ("x-total-ms", t.total),
+    ] {
+        headers.insert(name, number(value)?);
+    }
+    let server_timing = format!(
+        "queue;dur={:.3}, preprocess;dur={:.3}, inference;dur={:.3}, total;dur={:.3}",
+        t.queue, t.preprocess, t.inference, t.total
+    );
+    headers
+        .insert("server-timing", HeaderValue::try_from(server_timing).map_err(|e| ApiError::Internal(e.to_string()))?);
+    let body = DetectResponse {
+        request_id,
+        model: infer.model_id.clone(),
+        mode: detection.mode,
+        answers: detection.answers,
+        timings_ms: t,
+        batch_frames: detection.batch_frames,
+    };
+    Ok((headers, Json(body)).into_response())
+}
+
+fn number(value: f64) -> Result<HeaderValue, ApiError> {
+    HeaderValue::try_from(format!("{value:.3}")).map_err(|e| ApiError::Internal(e.to_string()))
+}

@@ -1,0 +1,79 @@
+//! The HTTP API of `serve` and `worker`: routes in one table, over the [`Infer`] facade. The
+//! plumbing every role shares (request ids, keys, errors, health, shutdown) is
+//! [`blipserve_api::http`]'s.
+
+mod detect;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use blipserve_api::detect::Behaviors;
+use blipserve_api::http::{self as api_http, openapi, Readiness};
+use blipserve_api::info::ServeInfo;
+use blipserve_api::metrics::{Registry, RequestMetrics};
+
+use crate::infer::Infer;
+
+/// What every handler shares.
+pub struct AppState {
+    pub infer: Infer,
+    pub requests: RequestMetrics,
+    pub registry: Registry,
+    /// Set on SIGTERM/SIGINT: /ready answers 503 so the load balancer stops sending.
+    pub draining: Arc<AtomicBool>,
+    pub api_keys: Vec<String>,
+    /// `GET /v1/info` apart from what changes (ready, queue depth).
+    pub info: ServeInfo,
+}
+
+impl AppState {
+    fn readiness(&self) -> Readiness {
+        if self.draining.load(Ordering::SeqCst) {
+            Readiness::Draining
+        } else if !self.infer.is_ready() {
+            Readiness::Loading
+        } else {
+            Readiness::Ready
+        }
+    }
+}
+
+/// The routes, in one table.
+pub fn router(state: Arc<AppState>) -> Router {
+    let routes = Router::new()
+        .route("/v1/detect", post(detect::detect))
+        .route("/v1/behaviors", get(behaviors))
+        .route("/v1/info", get(info))
+        .route("/ready", get(ready))
+        .route("/metrics", get(metrics))
+        .route("/openapi.json", get(openapi_document))
+        .with_state(state);
+    api_http::with_common_routes(routes)
+}
+
+async fn ready(State(state): State<Arc<AppState>>) -> Response {
+    state.readiness().into_response()
+}
+
+async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    api_http::prometheus_text(state.registry.render())
+}
+
+async fn behaviors(State(state): State<Arc<AppState>>) -> Json<Behaviors> {
+    Json(Behaviors::from(state.infer.behaviors()))
+}
+
+async fn info(State(state): State<Arc<AppState>>) -> Json<ServeInfo> {
+    let mut info = state.info.clone();
+    info.ready = state.readiness() == Readiness::Ready;
+    info.queue_depth = state.infer.queue_depth();
+    Json(info)
+}
+
+async fn openapi_document(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> {
+    Json(openapi::serve(state.infer.limits()))
+}

@@ -1,0 +1,150 @@
+//! Model directories that must be refused, each with a message that says what is wrong.
+
+use std::path::{Path, PathBuf};
+
+use blipserve_model::device::Device;
+use blipserve_model::model::{LoadError, LoadOptions, Model};
+use blipserve_testkit::*;
+
+const FILES: [&str; 5] = ["manifest.json", "tokenizer.json", "image_encoder.pt", "text_encoder.pt", "text_decoder.pt"];
+
+/// A private copy of the tiny model's runtime files.
+fn copy_of_tiny() -> (tempfile::TempDir, PathBuf) {
+    let src = model_dir("tiny");
+    let dir = tempfile::tempdir().unwrap();
+    for f in FILES {
+        std::fs::copy(src.join(f), dir.path().join(f)).unwrap();
+    }
+    let path = dir.path().to_path_buf();
+    (dir, path)
+}
+
+fn edit_manifest(dir: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
+    let path = dir.join("manifest.json");
+    let mut manifest: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    edit(&mut manifest);
+    std::fs::write(&path, serde_json::to_string_pretty(&manifest).unwrap()).unwrap();
+}
+
+fn load(dir: &Path) -> Result<Model, LoadError> {
+    Model::load(dir, &LoadOptions::default())
+}
+
+fn message(result: Result<Model, LoadError>) -> String {
+    match result {
+        Ok(_) => panic!("the directory must be refused"),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn the_copy_itself_loads() {
+    let (_tmp, dir) = copy_of_tiny();
+    let model = load(&dir).expect("a complete copy loads");
+    assert_eq!(model.manifest().model_id, "tiny");
+}
+
+#[test]
+fn missing_part_is_named() {
+    let (_tmp, dir) = copy_of_tiny();
+    std::fs::remove_file(dir.join("text_decoder.pt")).unwrap();
+    std::fs::remove_file(dir.join("tokenizer.json")).unwrap();
+    let err = load(&dir);
+    assert!(matches!(err, Err(LoadError::MissingFiles { .. })));
+    let msg = message(err);
+    assert!(msg.contains("text_decoder.pt") && msg.contains("tokenizer.json"), "{msg}");
+}
+
+#[test]
+fn missing_manifest_is_named() {
+    let (_tmp, dir) = copy_of_tiny();
+    std::fs::remove_file(dir.join("manifest.json")).unwrap();
+    let msg = message(load(&dir));
+    assert!(msg.contains("manifest.json"), "{msg}");
+}
+
+#[test]
+fn manifest_that_is_not_json() {
+    let (_tmp, dir) = copy_of_tiny();
+    std::fs::write(dir.join("manifest.json"), "{ not json").unwrap();
+    let msg = message(load(&dir));
+    assert!(msg.contains("not a valid manifest"), "{msg}");
+}
+
+#[test]
+fn parts_that_disagree_in_the_manifest() {
+    let (_tmp, dir) = copy_of_tiny();
+    edit_manifest(&dir, |m| m["parts"]["text_encoder"]["inputs"][2]["shape"][3] = 64.into());
+    let msg = message(load(&dir));
+    assert!(msg.contains("image_kv differ"), "{msg}");
+}
+
+#[test]
+fn a_directory_exported_before_image_kv_asks_for_a_new_export() {
+    let (_tmp, dir) = copy_of_tiny();
+    edit_manifest(&dir, |m| m["format"] = 1.into());
+    let msg = message(load(&dir));
+    assert!(msg.contains("format 1") && msg.contains("models/export.py"), "{msg}");
+}
+
+#[test]
+fn non_positive_fixed_sizes_are_refused() {
+    let (_tmp, dir) = copy_of_tiny();
+    edit_manifest(&dir, |m| m["parts"]["image_encoder"]["inputs"][0]["shape"][0] = 0.into());
+    let msg = message(load(&dir));
+    assert!(msg.contains("image batch must be positive"), "{msg}");
+}
+
+#[test]
+fn manifest_that_does_not_match_the_modules() {
+    let (_tmp, dir) = copy_of_tiny();
+    // Self-consistent, but the traced image encoder really produces 32-wide keys and values.
+    edit_manifest(&dir, |m| {
+        m["parts"]["image_encoder"]["outputs"][0]["shape"][3] = 64.into();
+        m["parts"]["text_encoder"]["inputs"][2]["shape"][3] = 64.into();
+    });
+    let err = load(&dir);
+    assert!(matches!(err, Err(LoadError::SelfCheck(_))));
+    let msg = message(err);
+    assert!(msg.contains("image_encoder") && msg.contains("64") && msg.contains("32"), "{msg}");
+}
+
+#[test]
+fn token_ids_that_disagree_with_the_tokenizer() {
+    let (_tmp, dir) = copy_of_tiny();
+    edit_manifest(&dir, |m| m["tokens"]["yes"] = 2749.into());
+    let msg = message(load(&dir));
+    assert!(msg.contains("yes") && msg.contains("2749"), "{msg}");
+}
+
+#[test]
+fn swapped_part_file_is_caught() {
+    let (_tmp, dir) = copy_of_tiny();
+    // The decoder file replaced by the image encoder: it cannot take the decoder's inputs.
+    std::fs::copy(dir.join("image_encoder.pt"), dir.join("text_decoder.pt")).unwrap();
+    let msg = message(load(&dir));
+    assert!(msg.contains("do not behave as the manifest says"), "{msg}");
+}
+
+#[test]
+fn artifacts_for_another_device() {
+    let (_tmp, dir) = copy_of_tiny();
+    let neuron = LoadOptions { device: Device::Neuron, ..LoadOptions::default() };
+    let msg = message(Model::load(&dir, &neuron));
+    assert!(msg.contains("exported for cpu") && msg.contains("neuron"), "{msg}");
+
+    edit_manifest(&dir, |m| m["target"] = "neuron".into());
+    let msg = message(load(&dir));
+    assert!(msg.contains("exported for neuron"), "{msg}");
+}
+
+#[test]
+fn cuda_without_a_gpu() {
+    if tch::Cuda::is_available() {
+        return skip("this host has a CUDA device, so loading on cuda:0 cannot fail for want of one");
+    }
+    let (_tmp, dir) = copy_of_tiny();
+    let cuda = LoadOptions { device: Device::Cuda(0), ..LoadOptions::default() };
+    let msg = message(Model::load(&dir, &cuda));
+    assert!(msg.contains("cuda:0") && msg.contains("0 CUDA device"), "{msg}");
+}

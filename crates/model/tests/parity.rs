@@ -1,0 +1,238 @@
+//! Parity with transformers on the same exported weights, the Python reference run here:
+//! preprocessing against BlipImageProcessor (PIL path), answers against
+//! BlipForQuestionAnswering asking each question alone.
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use base64::Engine;
+use blipserve_model::model::{AnswerMode, FrameQuestions, LoadOptions, Model, Pixels, Preprocessor, Question};
+use blipserve_testkit::*;
+use serde_json::Value;
+use turbojpeg::Subsamp;
+
+/// Frames of several sizes, aspect ratios, formats and colour modes.
+fn frames() -> Vec<(&'static str, Vec<u8>)> {
+    let rgb16 = {
+        let img = synthetic_frame(97, 61, 11);
+        let data: Vec<u16> =
+            img.data.iter().enumerate().map(|(i, &v)| (v as u16) << 8 | ((i * 37) & 0xFF) as u16).collect();
+        png(image::DynamicImage::ImageRgb16(image::ImageBuffer::from_raw(97, 61, data).expect("buffer")))
+    };
+    vec![
+        ("rgb-1920x1080-q90-420.jpg", jpeg(&synthetic_frame(1920, 1080, 1), 90, Subsamp::Sub2x2)),
+        ("rgb-640x480-q95-444.jpg", jpeg(&synthetic_frame(640, 480, 2), 95, Subsamp::None)),
+        ("rgba-200x200.png", rgba_png(&synthetic_frame(200, 200, 7))),
+        ("grey-123x77.png", grey_png(&synthetic_frame(123, 77, 8))),
+        ("rgb-300x500-q80-422.jpg", jpeg(&synthetic_frame(300, 500, 3), 80, Subsamp::Sub2x1)),
+        ("grey-500x375.jpg", grey_jpeg(&synthetic_frame(500, 375, 4), 90)),
+        ("rgb-64x48-upscale.jpg", jpeg(&synthetic_frame(64, 48, 5), 92, Subsamp::Sub2x2)),
+        ("rgb-800x600.png", rgb_png(&synthetic_frame(800, 600, 6))),
+        ("rgb-384x384.png", rgb_png(&synthetic_frame(384, 384, 9))),
+        ("rgb-500x384.png", rgb_png(&synthetic_frame(500, 384, 10))),
+        ("rgb16-97x61.png", rgb16),
+        // Portrait shapes take Pillow's vertical-first pass order.
+        ("rgb-1080x1920-q85-420.jpg", jpeg(&synthetic_frame(1080, 1920, 12), 85, Subsamp::Sub2x2)),
+        ("rgb-390x400.png", rgb_png(&synthetic_frame(390, 400, 13))),
+    ]
+}
+
+/// Questions of different lengths, so batching pads them.
+const QUESTIONS: [&str; 5] = [
+    "is the dog barking?",
+    "is the cat asleep?",
+    "is the dog chewing the furniture while nobody is home?",
+    "what is on the sofa?",
+    "is there a pet near the window, and is it playing with a small red toy?",
+];
+/// The first frames get asked every question: 5 × 5 = 25 (image, question) pairs.
+const ASKED_FRAMES: usize = 5;
+const MAX_LENGTH: usize = 20;
+
+/// The frames, written where the Python reference can read them.
+struct Frames {
+    _dir: tempfile::TempDir,
+    paths: Vec<PathBuf>,
+    bytes: Vec<Vec<u8>>,
+}
+
+fn written_frames() -> &'static Frames {
+    static FRAMES: OnceLock<Frames> = OnceLock::new();
+    FRAMES.get_or_init(|| {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let frames = frames();
+        let paths = frames.iter().map(|(name, bytes)| write(dir.path(), name, bytes)).collect();
+        let bytes = frames.into_iter().map(|(_, b)| b).collect();
+        Frames { _dir: dir, paths, bytes }
+    })
+}
+
+/// transformers' answers for every (asked frame, question) pair, each asked alone.
+fn reference_answers() -> &'static Value {
+    static ANSWERS: OnceLock<Value> = OnceLock::new();
+    ANSWERS.get_or_init(|| {
+        let fx = written_frames();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pairs: Vec<Value> = fx.paths[..ASKED_FRAMES]
+            .iter()
+            .flat_map(|p| QUESTIONS.iter().map(move |q| serde_json::json!({"image": p, "question": q})))
+            .collect();
+        let pairs_file = write(dir.path(), "pairs.json", serde_json::to_string(&pairs).unwrap().as_bytes());
+        let model = model_dir("tiny");
+        run_python(&[
+            "models/reference.py".as_ref(),
+            "answers".as_ref(),
+            "--model".as_ref(),
+            model.as_os_str(),
+            "--pairs".as_ref(),
+            pairs_file.as_os_str(),
+            "--max-length".as_ref(),
+            MAX_LENGTH.to_string().as_ref(),
+        ])
+    })
+}
+
+fn decode_b64(v: &Value) -> Vec<u8> {
+    base64::engine::general_purpose::STANDARD.decode(v.as_str().expect("base64 string")).expect("base64")
+}
+
+#[test]
+fn preprocessing_matches_pillow_within_one_level() {
+    let fx = written_frames();
+    let mut args: Vec<&std::ffi::OsStr> = vec!["models/reference.py".as_ref(), "pixels".as_ref()];
+    args.extend(fx.paths.iter().map(|p| p.as_os_str()));
+    let reference = run_python(&args);
+    let model = Model::load(&model_dir("tiny"), &LoadOptions::default()).expect("load tiny");
+    let pre: &Preprocessor = model.preprocessor();
+
+    let (mut total, mut within_one, mut exact, mut worst) = (0usize, 0usize, 0usize, 0i32);
+    let mut max_norm_diff_where_equal = 0f32;
+    for (i, (path, bytes)) in fx.paths.iter().zip(&fx.bytes).enumerate() {
+        let want = &reference["images"][i];
+        let want_u8 = decode_b64(&want["resized_hwc_u8"]);
+        let got = pre.resized(bytes).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        assert_eq!(got.data.len(), want_u8.len(), "{}", path.display());
+        let diffs: Vec<i32> = got.data.iter().zip(&want_u8).map(|(&a, &b)| (a as i32 - b as i32).abs()).collect();
+        let n_exact = diffs.iter().filter(|&&d| d == 0).count();
+        let n_one = diffs.iter().filter(|&&d| d <= 1).count();
+        let max = diffs.iter().copied().max().unwrap_or(0);
+        eprintln!(
+            "pixels {:<28} PIL mode {:<4} exact {:>8.4}%  within one level {:>8.4}%  max |Δ| {}",
+            name_of(path),
+            want["mode"].as_str().unwrap_or("?"),
+            100.0 * n_exact as f64 / diffs.len() as f64,
+            100.0 * n_one as f64 / diffs.len() as f64,
+            max
+        );
+        assert!(
+            n_one as f64 >= 0.999 * diffs.len() as f64,
+            "{}: only {n_one}/{} within one level",
+            path.display(),
+            diffs.len()
+        );
+        total += diffs.len();
+        within_one += n_one;
+        exact += n_exact;
+        worst = worst.max(max);
+
+        // Rescale and normalise: identical floats wherever the 8-bit pixels agree.
+        let want_f32: Vec<f32> = decode_b64(&want["pixel_values_chw_f32"])
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
+        let got_f32 = pre.normalize(&got).values;
+        let plane = 384 * 384;
+        for (k, (a, b)) in got_f32.iter().zip(&want_f32).enumerate() {
+            let (c, p) = (k / plane, k % plane);
+            if got.data[p * 3 + c] == want_u8[p * 3 + c] {
+                max_norm_diff_where_equal = max_norm_diff_where_equal.max((a - b).abs());
+            }
+        }
+    }
+    eprintln!(
+        "pixels overall: {total} values, exact {:.4}%, within one level {:.4}%, max |Δ| {worst}; \
+         normalised max |Δ| where equal {max_norm_diff_where_equal:e}",
+        100.0 * exact as f64 / total as f64,
+        100.0 * within_one as f64 / total as f64
+    );
+    assert!(within_one as f64 >= 0.999 * total as f64);
+    assert!(max_norm_diff_where_equal <= 1e-6, "normalisation differs: {max_norm_diff_where_equal}");
+}
+
+fn name_of(path: &Path) -> String {
+    path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+}
+
+/// Asks every question of the first frames through `model`, per frame and all frames at once,
+/// in both modes, and compares with transformers asking each question alone.
+fn check_answers(model_name: &str) {
+    let fx = written_frames();
+    let model = Model::load(&model_dir(model_name), &LoadOptions::default()).expect("load model");
+    let reference = reference_answers()["answers"].as_array().expect("answers");
+    assert_eq!(reference.len(), ASKED_FRAMES * QUESTIONS.len());
+
+    let pixels: Vec<Pixels> =
+        fx.bytes[..ASKED_FRAMES].iter().map(|b| model.preprocessor().pixels(b).expect("preprocess")).collect();
+    let questions: Vec<Question> = QUESTIONS.iter().map(|q| model.tokenizer().encode(q).expect("tokenise")).collect();
+    for (q, want) in questions.iter().zip(reference) {
+        let want_ids: Vec<i64> = serde_json::from_value(want["input_ids"].clone()).expect("ids");
+        assert_eq!(q.ids, want_ids, "tokenisation of {:?}", q.text);
+    }
+    let lengths: std::collections::BTreeSet<usize> = questions.iter().map(|q| q.ids.len()).collect();
+    assert!(lengths.len() >= 3, "questions must differ in length to exercise padding: {lengths:?}");
+
+    let all: Vec<FrameQuestions> = pixels.iter().map(|p| FrameQuestions { pixels: p, questions: &questions }).collect();
+    let generate = AnswerMode::Generate { max_new_tokens: MAX_LENGTH - 1 };
+    let (mut max_dp, mut token_mismatches, mut compared) = (0f64, 0usize, 0usize);
+    for batching in ["per frame", "all frames"] {
+        let (yes_no, generated) = if batching == "all frames" {
+            (model.answer(&all, AnswerMode::YesNo).unwrap(), model.answer(&all, generate).unwrap())
+        } else {
+            let one = |mode| -> Vec<_> {
+                all.iter().map(|f| model.answer(std::slice::from_ref(f), mode).unwrap().remove(0)).collect()
+            };
+            (one(AnswerMode::YesNo), one(generate))
+        };
+        for f in 0..ASKED_FRAMES {
+            for (qi, q) in QUESTIONS.iter().enumerate() {
+                let want = &reference[f * QUESTIONS.len() + qi];
+                let p = yes_no[f][qi].probability.expect("probability");
+                let dp = (p - want["probability"].as_f64().unwrap()).abs();
+                max_dp = max_dp.max(dp);
+                let want_ids: Vec<i64> = serde_json::from_value(want["generated_ids"].clone()).unwrap();
+                let got = &generated[f][qi];
+                compared += 1;
+                if got.token_ids[..] != want_ids[1..] {
+                    token_mismatches += 1;
+                    eprintln!(
+                        "{model_name} {batching} frame {f} {q:?}: ids {:?} != transformers {:?}",
+                        got.token_ids,
+                        &want_ids[1..]
+                    );
+                }
+                assert!(dp <= 1e-5, "{model_name} {batching} frame {f} {q:?}: P(yes) {p} vs {}", want["probability"]);
+                assert_eq!(got.answer, want["answer"].as_str().unwrap(), "{model_name} frame {f} {q:?}");
+                let dyes = (yes_no[f][qi].p_yes.unwrap() - want["p_yes"].as_f64().unwrap()).abs();
+                assert!(dyes <= 1e-6, "full-vocabulary P(yes) differs by {dyes}");
+            }
+        }
+    }
+    eprintln!(
+        "answers {model_name}: {compared} generate comparisons, {token_mismatches} token-id mismatches; \
+         max |ΔP(yes)| {max_dp:e}"
+    );
+    assert_eq!(token_mismatches, 0);
+}
+
+#[test]
+fn answers_match_transformers_dynamic_shapes() {
+    check_answers("tiny");
+}
+
+#[test]
+fn answers_match_transformers_fixed_shapes() {
+    let model = Model::load(&model_dir("tiny-static"), &LoadOptions::default()).expect("load");
+    assert!(model.manifest().static_shapes);
+    drop(model);
+    check_answers("tiny-static");
+}
