@@ -194,7 +194,7 @@ pub struct KeyArgs {
 /// An empty or padded key (e.g. from a trailing comma) is a typo no client could match.
 pub fn bearer_key(key: &str) -> Result<String, String> {
     if key.is_empty() || key.trim() != key {
-        return Err("a key is empty or has surrounding spaces (look for a stray comma)".into());
+        return Err("an API key is empty or has surrounding spaces (look for a stray comma)".into());
     }
     Ok(key.to_string())
 }
