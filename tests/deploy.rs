@@ -531,7 +531,11 @@ fn deregistration_delay_covers_drain_and_shutdown_grace() {
                 continue;
             }
             target_groups += 1;
-            assert_eq!(props["HealthCheckPath"].as_str(), Some("/ready"), "{} {id}: health check", t.file);
+            // Workers are checked on their readiness (model loaded, inference working, not
+            // draining); gateways on their own health, never their upstreams' (a pool's outage
+            // must not replace every gateway).
+            let want = if t.file.ends_with("api.yaml") { "/health" } else { "/ready" };
+            assert_eq!(props["HealthCheckPath"].as_str(), Some(want), "{} {id}: health check", t.file);
             let attribute = props["TargetGroupAttributes"]
                 .as_sequence()
                 .into_iter()
@@ -558,4 +562,26 @@ fn dashboard_json_fills_in_substitutions() {
     assert_eq!(body["a"], "${X} and ${Y.Arn}");
     assert_eq!(body["b"], 0);
     assert_eq!(body["c"], "\"${Z}\"");
+}
+
+/// The gateway's pools on AWS are internal load balancers: every `[[pools]]` entry the api stack
+/// renders is marked `load_balancer = true`, so that one failed request does not eject a pool.
+#[test]
+fn the_api_stack_marks_its_pools_as_load_balancers() {
+    let api = templates().into_iter().find(|t| t.file == "api.yaml").expect("deploy/api.yaml");
+    let mut rendered = Vec::new();
+    strings(&api.doc["Resources"]["GatewayConfig"]["Properties"]["Value"], &mut |s| {
+        if s.contains("[[pools]]") {
+            rendered.push(s.to_string());
+        }
+    });
+    assert!(!rendered.is_empty(), "api.yaml: no gateway configuration with [[pools]] found");
+    for config in rendered {
+        let pools = config.matches("[[pools]]").count();
+        assert_eq!(
+            config.matches("load_balancer = true").count(),
+            pools,
+            "api.yaml: every pool is a load balancer:\n{config}"
+        );
+    }
 }

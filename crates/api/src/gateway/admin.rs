@@ -47,6 +47,8 @@ pub struct PoolView {
 #[derive(Serialize, ToSchema)]
 pub struct WorkerView {
     pub url: String,
+    /// A load balancer in front of several workers.
+    pub load_balancer: bool,
     /// Ready and not ejected.
     pub healthy: bool,
     /// By its /ready probes: from one passing until two fail in a row.
@@ -84,6 +86,7 @@ fn describe_pools(gw: &Gateway, snapshot: &Snapshot) -> PoolsView {
                 .iter()
                 .map(|u| WorkerView {
                     url: u.url.clone(),
+                    load_balancer: u.is_load_balancer(),
                     healthy: u.healthy(now),
                     ready: u.probe_ok(),
                     ejected_ms: u.ejected_for(now).as_millis() as u64,

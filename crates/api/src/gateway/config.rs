@@ -9,11 +9,13 @@
 //! backend = "neuron"      # neuron | gpu | cpu
 //! weight = 100
 //! urls = ["http://internal-inf2-lb.example:8080"]
+//! load_balancer = true    # one URL for many workers: see pools.rs on ejection
 //! [[pools]]
 //! name = "gpu"
 //! backend = "gpu"
 //! weight = 0
 //! urls = ["http://internal-gpu-lb.example:8080"]
+//! load_balancer = true
 //! ```
 //!
 //! The file's other keys are the gateway's flags (see [`crate::settings`]). SIGHUP re-reads the
@@ -41,6 +43,16 @@ pub struct PoolSpec {
     /// Base URLs, `http://host:port` (a path prefix is allowed); `/v1/detect` and `/ready` are
     /// appended.
     pub urls: Vec<String>,
+    /// The URLs are load balancers in front of several workers (an internal ALB): one failure is
+    /// not a reason to eject one, and a retry may go back to it.
+    #[serde(default)]
+    pub load_balancer: bool,
+}
+
+impl PoolSpec {
+    pub fn is_load_balancer(&self) -> bool {
+        self.load_balancer
+    }
 }
 
 /// The pools a configuration file describes, their URLs normalised and every rule checked.
@@ -121,6 +133,7 @@ name = "inf2"
 backend = "neuron"      # neuron | gpu | cpu
 weight = 100
 urls = ["http://internal-inf2-lb.example:8080"]
+load_balancer = true
 [[pools]]
 name = "gpu"
 backend = "gpu"
@@ -139,6 +152,7 @@ urls = ["http://internal-gpu-lb.example:8080/"]
         assert_eq!(pools[0].backend, Backend::Neuron);
         assert_eq!(pools[1].weight, 0);
         assert_eq!(pools[1].urls, ["http://internal-gpu-lb.example:8080"]);
+        assert!(pools[0].is_load_balancer() && !pools[1].is_load_balancer());
     }
     #[test]
     fn bad_pools_are_refused() {

@@ -4,9 +4,10 @@
 //!
 //! The request id goes along as `x-request-id`, and what is left of the request's deadline as
 //! `x-request-timeout-ms`, so a worker never works past the client's deadline. Connection errors,
-//! 503 and 429 are retried on another worker (of the same pool or another) within the deadline
-//! and `max_attempts`; any other answer, 4xx or 5xx, is passed through unchanged. When no worker
-//! can take the request the client gets 503 `no_upstream`.
+//! 503 and 429 (and a load balancer's 502) are retried on another worker (of the same pool or
+//! another; a load balancer's URL may be tried again) within the deadline and `max_attempts`;
+//! any other answer, 4xx or 5xx, is passed through unchanged. When no worker can take the
+//! request the client gets 503 `no_upstream`.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -141,6 +142,14 @@ async fn forward(gw: &Gateway, request_id: &str, request: Request) -> Result<(Re
             upstream.record(attempt);
             gw.metrics.upstream_requests.with_label_values(&[labels[0], labels[1], attempt.as_str()]).inc();
         };
+        // A failed attempt: the upstream may be ejected (see pools.rs), never the last healthy
+        // load balancer.
+        let fail = |reason: &str| {
+            let last_healthy = snapshot.healthy_workers() <= 1;
+            if upstream.failed(s.eject, &s.outliers, last_healthy, reason) {
+                gw.metrics.ejections.with_label_values(&labels).inc();
+            }
+        };
         let flight = upstream.begin();
         let mut outgoing = gw
             .client
@@ -166,7 +175,7 @@ async fn forward(gw: &Gateway, request_id: &str, request: Request) -> Result<(Re
                 // Refused, reset, closed mid-answer (a killed worker): detection is idempotent,
                 // so another worker may answer it.
                 record(Attempt::Transport);
-                upstream.eject(s.eject, &error_chain(&e));
+                fail(&error_chain(&e));
                 continue;
             }
         };
@@ -180,7 +189,7 @@ async fn forward(gw: &Gateway, request_id: &str, request: Request) -> Result<(Re
             Ok(relayed) => relayed,
             Err(e) => {
                 record(Attempt::Transport);
-                upstream.eject(s.eject, &format!("reading the answer: {e}"));
+                fail(&format!("reading the answer: {e}"));
                 continue;
             }
         };
@@ -192,7 +201,14 @@ async fn forward(gw: &Gateway, request_id: &str, request: Request) -> Result<(Re
             }
             503 => {
                 record(Attempt::Unavailable);
-                upstream.eject(s.eject, "503");
+                fail("503");
+                refused = Some(relayed);
+            }
+            // A load balancer's 502: the instance behind it failed (a restart, a crash), and
+            // another one may answer.
+            502 if upstream.is_load_balancer() => {
+                record(Attempt::Transport);
+                fail("502 from the load balancer");
                 refused = Some(relayed);
             }
             504 => {
@@ -201,7 +217,7 @@ async fn forward(gw: &Gateway, request_id: &str, request: Request) -> Result<(Re
             }
             500..=599 => {
                 record(Attempt::ServerError);
-                upstream.eject(s.eject, &format!("status {status}"));
+                fail(&format!("status {status}"));
                 return Ok(relayed.response());
             }
             _ => {

@@ -18,6 +18,8 @@ pub struct GatewayMetrics {
     pub upstream_seconds: HistogramVec,
     /// Requests retried after an attempt on this pool failed.
     pub retries: IntCounterVec,
+    /// Upstreams of this pool taken out of rotation after failed requests.
+    pub ejections: IntCounterVec,
     upstream_in_flight: IntGaugeVec,
     workers: IntGaugeVec,
     healthy_workers: IntGaugeVec,
@@ -43,6 +45,11 @@ impl Default for GatewayMetrics {
             retries: registry.counter_vec(
                 "upstream_retries_total",
                 "Requests retried on another worker after an attempt on this pool failed",
+                &pool,
+            ),
+            ejections: registry.counter_vec(
+                "upstream_ejections_total",
+                "Upstreams of the pool ejected after failed requests",
                 &pool,
             ),
             upstream_in_flight: registry.gauge_vec(

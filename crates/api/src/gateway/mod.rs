@@ -46,6 +46,10 @@ pub struct Settings {
     pub connect_timeout: Duration,
     /// Workers tried for one request, at most.
     pub max_attempts: usize,
+    /// When a load balancer's URL is ejected.
+    pub outliers: pools::Outliers,
+    /// Idle pooled connections to upstreams are closed after this long.
+    pub upstream_idle_timeout: Duration,
 }
 
 pub struct Gateway {
@@ -66,13 +70,14 @@ impl Gateway {
         let pools = config::pools_of(&file)?;
         let client = reqwest::Client::builder()
             .connect_timeout(settings.connect_timeout)
-            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_idle_timeout(settings.upstream_idle_timeout)
             .pool_max_idle_per_host(1024)
             .tcp_nodelay(true)
             .build()?;
         let probe_client = reqwest::Client::builder()
             .timeout(settings.health_timeout)
             .connect_timeout(settings.health_timeout)
+            .pool_idle_timeout(settings.upstream_idle_timeout)
             .pool_max_idle_per_host(2)
             .tcp_nodelay(true)
             .build()?;
@@ -173,6 +178,7 @@ pub struct PoolInfo {
 #[derive(Serialize, ToSchema)]
 pub struct Forwarding {
     pub max_attempts: usize,
+    pub upstream_idle_timeout_ms: u64,
     pub health_interval_ms: u64,
     pub health_timeout_ms: u64,
     pub eject_ms: u64,
@@ -202,6 +208,7 @@ async fn info(State(gw): State<Arc<Gateway>>) -> Json<GatewayInfo> {
         limits: LimitsInfo::new(&s.limits, &s.image_limits, None),
         forwarding: Forwarding {
             max_attempts: s.max_attempts,
+            upstream_idle_timeout_ms: ms(s.upstream_idle_timeout),
             health_interval_ms: ms(s.health_interval),
             health_timeout_ms: ms(s.health_timeout),
             eject_ms: ms(s.eject),

@@ -3,8 +3,16 @@
 //!
 //! A worker is *healthy* when its `/ready` probes pass and it is not ejected. A worker is ready
 //! from its first passing probe until [`UNHEALTHY_AFTER`] probes in a row fail (so that one slow
-//! probe does not take out a pool behind a single load-balancer URL). A worker that fails a request (it cannot be reached, or answers 5xx) is ejected at once for a
-//! back-off that doubles with each consecutive ejection (up to 8×) and resets on its next success.
+//! probe does not take out a pool behind a single load-balancer URL).
+//!
+//! Ejection depends on what a URL is. A worker's own URL that fails a request (it cannot be
+//! reached, or answers 5xx) is ejected at once. A load balancer's URL stands for many instances:
+//! one failure says little about the next request, so it is ejected only as Envoy's outlier
+//! detection would, after [`Outliers::consecutive`] failures in a row or a failure rate of at
+//! least [`Outliers::failure_rate`] over the last minute (with [`Outliers::min_requests`]), and
+//! never while it is the last healthy upstream. Either way the back-off doubles with each
+//! ejection that follows an expired one (up to 8×; failures while already ejected do not
+//! compound it) and resets on the next success.
 //!
 //! Choice: a pool by smooth weighted round-robin over the pools with a weight and a healthy
 //! worker not yet tried for this request (exact shares, no randomness); pools of weight 0 are
@@ -64,10 +72,25 @@ impl Attempt {
     }
 }
 
+/// When a load balancer's URL is ejected (see the module's notes).
+#[derive(Debug, Clone, Copy)]
+pub struct Outliers {
+    /// Failed attempts in a row.
+    pub consecutive: u32,
+    /// Failed share of the last minute's attempts…
+    pub failure_rate: f64,
+    /// …once there were at least this many.
+    pub min_requests: u64,
+}
+
 /// One worker (or internal load balancer) URL.
 #[derive(Debug)]
 pub struct Upstream {
     pub url: String,
+    /// A load balancer in front of several workers (a retry may come back to it).
+    load_balancer: AtomicBool,
+    /// Failed attempts since the last success.
+    consecutive_failures: AtomicU32,
     detect: String,
     ready: String,
     /// Ready by its `/ready` probes.
@@ -82,9 +105,11 @@ pub struct Upstream {
 }
 
 impl Upstream {
-    fn new(url: &str) -> Upstream {
+    fn new(url: &str, load_balancer: bool) -> Upstream {
         Upstream {
             url: url.to_string(),
+            load_balancer: AtomicBool::new(load_balancer),
+            consecutive_failures: AtomicU32::new(0),
             detect: format!("{url}/v1/detect"),
             ready: format!("{url}/ready"),
             probe_ok: AtomicBool::new(false),
@@ -134,18 +159,54 @@ impl Upstream {
         self.in_flight.load(Ordering::SeqCst)
     }
 
-    /// Takes the worker out of rotation for `base` × 2^(consecutive ejections − 1), at most 8 × `base`.
-    pub fn eject(&self, base: Duration, reason: &str) {
-        let n = self.ejections.fetch_add(1, Ordering::SeqCst).min(3);
-        let backoff = base * (1u32 << n);
-        *self.ejected_until.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now() + backoff);
-        tracing::warn!(worker = %self.url, reason, backoff_ms = backoff.as_millis() as u64, "worker ejected");
+    pub fn is_load_balancer(&self) -> bool {
+        self.load_balancer.load(Ordering::SeqCst)
     }
 
-    /// Counts an attempt in the error-rate window; a success ends the ejection streak.
+    /// Takes the upstream out of rotation for `base` × 2^(ejections since its last success − 1),
+    /// at most 8 × `base`. An upstream already ejected stays as it is: concurrent failures of
+    /// requests sent before the ejection do not lengthen it. Returns whether it was ejected now.
+    pub fn eject(&self, base: Duration, reason: &str) -> bool {
+        let now = Instant::now();
+        let mut until = self.ejected_until.lock().unwrap_or_else(|p| p.into_inner());
+        if until.is_some_and(|u| u > now) {
+            return false;
+        }
+        let n = self.ejections.fetch_add(1, Ordering::SeqCst).min(3);
+        let backoff = base * (1u32 << n);
+        *until = Some(now + backoff);
+        tracing::warn!(upstream = %self.url, reason, backoff_ms = backoff.as_millis() as u64, "upstream ejected");
+        true
+    }
+
+    /// A failed attempt (already [`recorded`](Upstream::record)): a worker's URL is ejected at
+    /// once; a load balancer's only when it is an outlier and `last_healthy` is false. Returns
+    /// whether it was ejected now.
+    pub fn failed(&self, base: Duration, outliers: &Outliers, last_healthy: bool, reason: &str) -> bool {
+        if !self.is_load_balancer() {
+            return self.eject(base, reason);
+        }
+        let in_a_row = self.consecutive_failures.load(Ordering::SeqCst);
+        let (requests, errors) = self.recent(Instant::now());
+        let rate_outlier =
+            requests >= outliers.min_requests.max(1) && errors as f64 >= outliers.failure_rate * requests as f64;
+        if in_a_row < outliers.consecutive.max(1) && !rate_outlier {
+            return false;
+        }
+        if last_healthy {
+            tracing::warn!(upstream = %self.url, reason, "failing load balancer kept: it is the last healthy upstream");
+            return false;
+        }
+        self.eject(base, &format!("{reason} ({in_a_row} failures in a row, {errors} of {requests} in the last minute)"))
+    }
+
+    /// Counts an attempt in the error-rate window; a success ends the failure and ejection streaks.
     pub fn record(&self, attempt: Attempt) {
         if matches!(attempt, Attempt::Ok | Attempt::ClientError) {
             self.ejections.store(0, Ordering::SeqCst);
+            self.consecutive_failures.store(0, Ordering::SeqCst);
+        } else if attempt.is_error() {
+            self.consecutive_failures.fetch_add(1, Ordering::SeqCst);
         }
         self.window.lock().unwrap_or_else(|p| p.into_inner()).record(Instant::now(), attempt.is_error());
     }
@@ -191,13 +252,14 @@ impl Pool {
         }
     }
 
-    /// The healthy worker not in `tried` with the fewest requests in flight.
+    /// The healthy upstream with the fewest requests in flight that is not in `tried`, or is a
+    /// load balancer (behind which another instance answers a retry).
     fn candidate(&self, tried: &[Arc<Upstream>], now: Instant) -> Option<&Arc<Upstream>> {
         let n = self.upstreams.len();
         let start = self.next.fetch_add(1, Ordering::Relaxed) % n.max(1);
         (0..n)
             .map(|k| &self.upstreams[(start + k) % n])
-            .filter(|u| u.healthy(now) && !tried.iter().any(|t| Arc::ptr_eq(t, u)))
+            .filter(|u| u.healthy(now) && (u.is_load_balancer() || !tried.iter().any(|t| Arc::ptr_eq(t, u))))
             .min_by_key(|u| u.in_flight())
     }
 
@@ -314,9 +376,12 @@ impl Pools {
                     .urls
                     .iter()
                     .map(|url| match known.get(url.as_str()) {
-                        Some(u) => (*u).clone(),
+                        Some(u) => {
+                            u.load_balancer.store(spec.is_load_balancer(), Ordering::SeqCst);
+                            (*u).clone()
+                        }
                         None => {
-                            let u = Arc::new(Upstream::new(url));
+                            let u = Arc::new(Upstream::new(url, spec.is_load_balancer()));
                             fresh.push(u.clone());
                             u
                         }
@@ -406,6 +471,7 @@ mod tests {
             backend: Backend::Cpu,
             weight,
             urls: urls.iter().map(|u| u.to_string()).collect(),
+            load_balancer: false,
         }
     }
 
@@ -499,17 +565,66 @@ mod tests {
     }
 
     #[test]
-    fn ejection_backs_off_and_the_window_counts_errors() {
-        let u = Upstream::new("http://a:1");
+    fn ejection_backs_off_without_compounding_and_the_window_counts_errors() {
+        let u = Upstream::new("http://a:1", false);
         u.set_probe(true);
-        u.eject(Duration::from_millis(100), "test");
+        assert!(u.eject(Duration::from_millis(20), "test"));
         assert!(!u.healthy(Instant::now()));
-        let first = u.ejected_for(Instant::now());
-        u.eject(Duration::from_millis(100), "test");
-        assert!(u.ejected_for(Instant::now()) > first);
+        // Failures of requests already in flight when it was ejected do not lengthen it.
+        assert!(!u.eject(Duration::from_millis(20), "test"));
+        assert!(u.ejected_for(Instant::now()) <= Duration::from_millis(20));
+        std::thread::sleep(Duration::from_millis(25));
+        assert!(u.healthy(Instant::now()));
+        assert!(u.eject(Duration::from_millis(20), "test"), "failing again after it came back doubles it");
+        assert!(u.ejected_for(Instant::now()) > Duration::from_millis(20));
         u.record(Attempt::Ok);
         u.record(Attempt::Transport);
         u.record(Attempt::ClientError);
         assert_eq!(u.recent(Instant::now()), (3, 1));
+    }
+
+    fn outliers() -> Outliers {
+        Outliers { consecutive: 3, failure_rate: 0.5, min_requests: 10 }
+    }
+
+    #[test]
+    fn a_load_balancer_is_ejected_only_as_an_outlier_and_never_when_it_is_the_last() {
+        let base = Duration::from_secs(60);
+        let lb = Upstream::new("http://lb:1", true);
+        lb.set_probe(true);
+        for _ in 0..2 {
+            lb.record(Attempt::Transport);
+            assert!(!lb.failed(base, &outliers(), false, "test"), "one or two failures say little");
+        }
+        lb.record(Attempt::Transport);
+        assert!(!lb.failed(base, &outliers(), true, "test"), "the last healthy upstream stays");
+        assert!(lb.failed(base, &outliers(), false, "test"), "three in a row make an outlier");
+
+        let lb = Upstream::new("http://lb:2", true);
+        lb.set_probe(true);
+        for i in 0..12 {
+            lb.record(if i % 2 == 0 { Attempt::Ok } else { Attempt::ServerError });
+        }
+        lb.record(Attempt::ServerError);
+        assert!(lb.failed(base, &outliers(), false, "test"), "a failure rate of half the last minute");
+
+        let worker = Upstream::new("http://w:1", false);
+        worker.set_probe(true);
+        worker.record(Attempt::Transport);
+        assert!(worker.failed(base, &outliers(), true, "test"), "a worker's own URL goes at once");
+    }
+
+    #[test]
+    fn a_retry_may_return_to_a_load_balancer_but_not_to_a_worker() {
+        let mut lb = spec("lb", 1, &["http://lb:1"]);
+        lb.load_balancer = true;
+        let pools = Pools::new(&[lb, spec("w", 1, &["http://w:1"])]);
+        all_ready(&pools);
+        let snapshot = pools.current();
+        let (lb1, w1) = (snapshot.pools[0].upstreams[0].clone(), snapshot.pools[1].upstreams[0].clone());
+        let (_, again) = snapshot.pick(&[lb1.clone(), w1.clone()]).expect("the load balancer again");
+        assert!(Arc::ptr_eq(&again, &lb1));
+        lb1.eject(Duration::from_secs(60), "test");
+        assert!(snapshot.pick(std::slice::from_ref(&w1)).is_none(), "the worker was tried, the balancer is out");
     }
 }

@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 
+use crate::gateway::pools::Outliers;
 use crate::gateway::{self, Gateway, Settings};
 use crate::http;
 use crate::settings::{bearer_key, ConfigFile, KeyArgs, LimitsArgs, ListenArgs, LogArgs, ShutdownArgs};
@@ -57,6 +58,25 @@ pub struct GatewayArgs {
     #[arg(long, env = "BLIPSERVE_MAX_ATTEMPTS", default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_attempts: u64,
 
+    /// Idle pooled connections to a worker or load balancer are closed after this long, in ms: below
+    /// any load balancer's idle timeout (an ALB's is 60 s), so that a request is never sent on a
+    /// connection the balancer is closing
+    #[arg(long, env = "BLIPSERVE_UPSTREAM_IDLE_TIMEOUT_MS", default_value_t = 30_000)]
+    pub upstream_idle_timeout_ms: u64,
+
+    /// A pool marked load_balancer is ejected only after this many failed attempts in a row (or the
+    /// failure rate below), and never while it is the last healthy upstream
+    #[arg(long, env = "BLIPSERVE_LB_EJECT_CONSECUTIVE", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
+    pub lb_eject_consecutive: u32,
+
+    /// …or once this share of its last minute's attempts failed
+    #[arg(long, env = "BLIPSERVE_LB_EJECT_FAILURE_RATE", default_value_t = 0.5)]
+    pub lb_eject_failure_rate: f64,
+
+    /// …counted once it had at least this many attempts in the last minute
+    #[arg(long, env = "BLIPSERVE_LB_EJECT_MIN_REQUESTS", default_value_t = 20)]
+    pub lb_eject_min_requests: u64,
+
     #[command(flatten)]
     pub shutdown: ShutdownArgs,
 
@@ -78,6 +98,12 @@ pub fn run(args: GatewayArgs) -> anyhow::Result<()> {
         eject: ms(args.eject_ms),
         connect_timeout: ms(args.connect_timeout_ms),
         max_attempts: args.max_attempts as usize,
+        outliers: Outliers {
+            consecutive: args.lb_eject_consecutive,
+            failure_rate: args.lb_eject_failure_rate,
+            min_requests: args.lb_eject_min_requests,
+        },
+        upstream_idle_timeout: ms(args.upstream_idle_timeout_ms),
     };
     let addr = args.listen.addr();
 
