@@ -83,6 +83,10 @@ impl GatewayMetrics {
             self.workers.with_label_values(&labels).set(pool.upstreams.len() as i64);
             self.healthy_workers.with_label_values(&labels).set(pool.healthy_workers(now) as i64);
             self.weight.with_label_values(&labels).set(i64::from(pool.weight));
+            // Every pool's counters exist from the start, at 0, so that a dashboard (or a test)
+            // can tell "none yet" from "not exported".
+            self.retries.with_label_values(&labels);
+            self.ejections.with_label_values(&labels);
         }
         self.registry.render()
     }
