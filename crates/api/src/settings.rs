@@ -146,6 +146,41 @@ impl ShutdownArgs {
     }
 }
 
+/// How a role's server treats connections: a slow or idle client cannot hold one for long, and
+/// there is a ceiling on how many are open.
+#[derive(Args, Debug, Clone)]
+pub struct ConnectionArgs {
+    /// How long a client may take to send a request's headers, in ms, counted from when the server
+    /// starts waiting for them: the same bound closes an idle keep-alive connection. Above an ALB's
+    /// 60 s idle timeout, so that the balancer closes idle connections first (a target that closes
+    /// first causes 502s); lower it where no balancer sits in front
+    #[arg(
+        long,
+        env = "BLIPSERVE_HEADER_READ_TIMEOUT_MS",
+        default_value_t = 65_000,
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    pub header_read_timeout_ms: u64,
+
+    /// Open connections at most; beyond it new ones wait in the listen backlog until one closes
+    #[arg(
+        long,
+        env = "BLIPSERVE_MAX_CONNECTIONS",
+        default_value_t = 4096,
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    pub max_connections: u64,
+}
+
+impl ConnectionArgs {
+    pub fn limits(&self) -> crate::http::ConnectionLimits {
+        crate::http::ConnectionLimits {
+            header_read_timeout: Duration::from_millis(self.header_read_timeout_ms),
+            max_connections: self.max_connections as usize,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
     Text,

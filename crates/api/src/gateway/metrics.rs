@@ -9,6 +9,8 @@ use crate::metrics::{Registry, RequestMetrics};
 
 pub struct GatewayMetrics {
     registry: Registry,
+    /// The gateway's own client connections.
+    pub connections: crate::http::ConnectionMetrics,
     /// Client detect requests: `ok`, the error code (the gateway's own or the worker's it passed
     /// through), or `cancelled`.
     pub requests: RequestMetrics,
@@ -31,6 +33,7 @@ impl Default for GatewayMetrics {
         let registry = Registry::default();
         let pool = ["pool", "backend"];
         GatewayMetrics {
+            connections: crate::http::ConnectionMetrics::new(&registry),
             requests: RequestMetrics::new(&registry, None),
             upstream_requests: registry.counter_vec(
                 "upstream_requests_total",

@@ -7,7 +7,6 @@ pub mod body;
 pub mod error;
 pub mod openapi;
 
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -144,16 +143,62 @@ pub struct Shutdown {
     pub grace: Duration,
 }
 
+/// What a client may hold: see [`crate::settings::ConnectionArgs`].
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectionLimits {
+    pub header_read_timeout: Duration,
+    pub max_connections: usize,
+}
+
+/// The server's own count of its connections.
+#[derive(Clone)]
+pub struct ConnectionMetrics {
+    open: prometheus::IntGauge,
+    accepted: prometheus::IntCounter,
+}
+
+impl ConnectionMetrics {
+    pub fn new(registry: &crate::metrics::Registry) -> ConnectionMetrics {
+        ConnectionMetrics {
+            open: registry.gauge("open_connections", "Client connections open now"),
+            accepted: registry.counter("connections_total", "Client connections accepted"),
+        }
+    }
+}
+
+/// One accepted connection, counted open until it drops; holding one of the limited permits.
+struct Held {
+    _permit: tokio::sync::OwnedSemaphorePermit,
+    metrics: ConnectionMetrics,
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.metrics.open.dec();
+    }
+}
+
 /// Serves until a termination signal or `stop` resolves (a fatal error of the role's own, such
 /// as a model that failed to load), then drains as [`Shutdown`] says. Returns when done.
+///
+/// The accept loop is the server's own (hyper's connection builder): a client has
+/// `header_read_timeout` to send each request's headers (hyper measures it from when it starts
+/// waiting, so it also closes an idle keep-alive connection), and at most `max_connections` are
+/// open: beyond that, new connections wait in the kernel's listen backlog rather than being
+/// accepted.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     app: Router,
     draining: Arc<AtomicBool>,
     shutdown: Shutdown,
+    connections: (ConnectionLimits, ConnectionMetrics),
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    use hyper_util::server::conn::auto::Builder;
+    use hyper_util::service::TowerToHyperService;
+
+    let (limits, metrics) = connections;
     let stopping = async move {
         tokio::select! {
             () = termination_signal() => {
@@ -163,21 +208,56 @@ pub async fn serve(
             }
             () = stop => draining.store(true, Ordering::SeqCst),
         }
-        let _ = stop_tx.send(true);
     };
-    let server =
-        axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).with_graceful_shutdown(stopping);
-    let deadline = async move {
-        let _ = stop_rx.wait_for(|stopped| *stopped).await;
-        tokio::time::sleep(shutdown.grace).await;
-    };
+    tokio::pin!(stopping);
+    let mut builder = Builder::new(TokioExecutor::new());
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(limits.header_read_timeout);
+    builder.http2().timer(TokioTimer::new());
+    let permits = Arc::new(tokio::sync::Semaphore::new(limits.max_connections.max(1)));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    loop {
+        let permit = tokio::select! {
+            permit = permits.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => break,
+            },
+            () = &mut stopping => break,
+        };
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of file descriptors, or a connection reset before it was accepted:
+                    // wait a little rather than spin, and go on.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut stopping => break,
+        };
+        let _ = stream.set_nodelay(true);
+        metrics.accepted.inc();
+        metrics.open.inc();
+        let held = Held { _permit: permit, metrics: metrics.clone() };
+        let service = TowerToHyperService::new(app.clone());
+        let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            let _held = held;
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
     tokio::select! {
-        result = server => result,
-        () = deadline => {
+        () = graceful.shutdown() => {}
+        () = tokio::time::sleep(shutdown.grace) => {
             tracing::warn!("shutdown grace period over with requests still in flight");
-            Ok(())
         }
     }
+    Ok(())
 }
 
 async fn termination_signal() {

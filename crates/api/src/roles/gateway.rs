@@ -11,7 +11,7 @@ use clap::Args;
 use crate::gateway::pools::Outliers;
 use crate::gateway::{self, Gateway, Settings};
 use crate::http;
-use crate::settings::{bearer_key, ConfigFile, KeyArgs, LimitsArgs, ListenArgs, LogArgs, ShutdownArgs};
+use crate::settings::{bearer_key, ConfigFile, ConnectionArgs, KeyArgs, LimitsArgs, ListenArgs, LogArgs, ShutdownArgs};
 
 /// The file's tables that are not flags.
 pub const SECTIONS: &[&str] = &["pools"];
@@ -78,6 +78,9 @@ pub struct GatewayArgs {
     pub lb_eject_min_requests: u64,
 
     #[command(flatten)]
+    pub connections: ConnectionArgs,
+
+    #[command(flatten)]
     pub shutdown: ShutdownArgs,
 
     #[command(flatten)]
@@ -122,7 +125,9 @@ pub fn run(args: GatewayArgs) -> anyhow::Result<()> {
         );
         gateway.spawn_health_checks();
         let app = gateway::router(gateway.clone());
-        http::serve(listener, app, gateway.draining.clone(), args.shutdown.shutdown(), std::future::pending()).await?;
+        let connections = (args.connections.limits(), gateway.metrics.connections.clone());
+        let (draining, shutdown) = (gateway.draining.clone(), args.shutdown.shutdown());
+        http::serve(listener, app, draining, shutdown, connections, std::future::pending()).await?;
         eprintln!("blipserve: stopped");
         anyhow::Ok(())
     })

@@ -11,12 +11,12 @@ use std::time::Duration;
 use anyhow::Context;
 use blipserve_api::behaviors::{Behavior, Catalogue};
 use blipserve_api::cloudwatch::{CloudwatchArgs, Publisher};
-use blipserve_api::http as api_http;
+use blipserve_api::http::{self as api_http, ConnectionMetrics};
 use blipserve_api::info::{Batching, ModelInfo, ServeInfo};
 use blipserve_api::metrics::{Registry, RequestMetrics};
 use blipserve_api::roles::cores;
 use blipserve_api::settings::{
-    ConfigFile, KeyArgs, LimitsArgs, LimitsInfo, ListenArgs, LogArgs, RequestLimits, ShutdownArgs,
+    ConfigFile, ConnectionArgs, KeyArgs, LimitsArgs, LimitsInfo, ListenArgs, LogArgs, RequestLimits, ShutdownArgs,
 };
 use clap::Args;
 
@@ -63,6 +63,9 @@ pub struct ServeArgs {
 
     #[command(flatten)]
     pub limits: LimitsArgs,
+
+    #[command(flatten)]
+    pub connections: ConnectionArgs,
 
     #[command(flatten)]
     pub shutdown: ShutdownArgs,
@@ -154,6 +157,7 @@ pub fn run(args: ServeArgs, role: Role) -> anyhow::Result<()> {
             max_new_tokens: manifest.generate.max_length - 1,
             preprocess_permits: 2 * cores(),
         };
+        let connections = (args.connections.limits(), ConnectionMetrics::new(&registry));
         let state = Arc::new(AppState {
             infer: Infer::new(parts, &registry)?,
             requests: RequestMetrics::new(&registry, publisher.as_ref().map(Publisher::tally)),
@@ -190,7 +194,7 @@ pub fn run(args: ServeArgs, role: Role) -> anyhow::Result<()> {
             }
         };
         let app = http::router(state.clone());
-        api_http::serve(listener, app, state.draining.clone(), args.shutdown.shutdown(), stop).await?;
+        api_http::serve(listener, app, state.draining.clone(), args.shutdown.shutdown(), connections, stop).await?;
         if let Some(publisher) = publisher {
             // The last interval's counts, so a group scaling in sees this instance's final load.
             publisher.shutdown(PUBLISH_ON_EXIT).await;
