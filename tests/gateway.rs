@@ -1,7 +1,8 @@
 //! The two tiers as real processes on 127.0.0.1: one `blipserve gateway` in front of two pools
 //! (labelled neuron and gpu) of CPU `blipserve worker`s on the tiny model, spoken to over HTTP.
 //!
-//! Every loop is bounded in count and time; no assertion is about timing.
+//! Every loop is bounded in count and time; no assertion is about timing. (Over 500 lines: one
+//! scenario per test, each starting its own cluster; the shared set-up is at the top.)
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;

@@ -22,6 +22,9 @@
 //! Pools live in an immutable [`Snapshot`] behind an `Arc`: a request keeps the snapshot it
 //! started with, and a weight change or reload installs a new one. Workers are shared between
 //! snapshots by URL, so their health and counters survive a change.
+//!
+//! (Over 500 lines with its unit tests, about a third of the file: the choice, health and
+//! ejection rules are tested beside the code that states them.)
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
