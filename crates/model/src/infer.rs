@@ -84,6 +84,11 @@ impl Infer {
     }
 
     /// Every replica loaded and warmed.
+    pub fn is_loaded(&self) -> bool {
+        self.engine.is_loaded()
+    }
+
+    /// Loaded, and inference works (see [`crate::engine::health`]).
     pub fn is_ready(&self) -> bool {
         self.engine.is_ready()
     }

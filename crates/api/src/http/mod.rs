@@ -109,6 +109,8 @@ pub enum Readiness {
     Ready,
     /// The model replicas are loading and warming up.
     Loading,
+    /// Batches keep failing: not ready until a self-check forward pass succeeds.
+    InferenceFailing,
     /// A termination signal arrived: the load balancer should stop sending.
     Draining,
     /// Gateway: no worker is healthy.

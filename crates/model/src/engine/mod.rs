@@ -8,6 +8,7 @@
 //! gone or whose deadline has passed are dropped before inference.
 
 mod batcher;
+pub mod health;
 mod worker;
 
 use std::path::PathBuf;
@@ -31,6 +32,10 @@ pub struct EngineMetrics {
     pub batch_frames: Histogram,
     /// Work dropped before inference: `cancelled` (client gone) or `expired` (deadline passed).
     pub dropped: IntCounterVec,
+    /// 1 while inference is failing (see [`health`]).
+    pub inference_failing: IntGauge,
+    /// Times inference was found failing.
+    pub inference_failures: prometheus::IntCounter,
 }
 
 impl EngineMetrics {
@@ -43,6 +48,10 @@ impl EngineMetrics {
                 Some(&[1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0, 24.0, 32.0]),
             ),
             dropped: registry.counter_vec("dropped_total", "Frames dropped before inference", &["reason"]),
+            inference_failing: registry
+                .gauge("inference_failing", "1 while batches keep failing, until a self-check passes"),
+            inference_failures: registry
+                .counter("inference_failing_total", "Times inference was found failing (failed batches in a row)"),
         }
     }
 }
@@ -56,6 +65,8 @@ pub struct EngineConfig {
     pub max_batch_frames: usize,
     pub max_wait: Duration,
     pub queue_capacity: usize,
+    /// Failed batches in a row after which inference counts as failing.
+    pub unhealthy_after_failed_batches: u32,
 }
 
 /// One frame and its questions, waiting for a replica.
@@ -100,6 +111,7 @@ pub struct Engine {
     replicas: usize,
     capacity: usize,
     metrics: EngineMetrics,
+    health: Arc<health::InferenceHealth>,
 }
 
 impl Engine {
@@ -112,12 +124,28 @@ impl Engine {
         let (loaded_tx, loaded_rx) = oneshot::channel();
         let (idle_tx, idle_rx) = mpsc::channel::<usize>();
         let load_report = worker::LoadReport::new(config.replicas, loaded.clone(), failed.clone(), loaded_tx);
+        let health = Arc::new(health::InferenceHealth::new(
+            config.unhealthy_after_failed_batches,
+            metrics.inference_failing.clone(),
+            metrics.inference_failures.clone(),
+        ));
         let workers: Vec<mpsc::Sender<Vec<Job>>> = (0..config.replicas)
-            .map(|id| worker::spawn(id, &config, idle_tx.clone(), load_report.clone(), metrics.clone()))
+            .map(|id| {
+                let shared =
+                    worker::Shared { idle: idle_tx.clone(), report: load_report.clone(), health: health.clone() };
+                worker::spawn(id, &config, shared, metrics.clone())
+            })
             .collect();
         batcher::Batcher { config: config.clone(), jobs, idle: idle_rx, workers, metrics: metrics.clone() }.spawn();
-        let engine =
-            Engine { queue, loaded, failed, replicas: config.replicas, capacity: config.queue_capacity, metrics };
+        let engine = Engine {
+            queue,
+            loaded,
+            failed,
+            replicas: config.replicas,
+            capacity: config.queue_capacity,
+            metrics,
+            health,
+        };
         (engine, loaded_rx)
     }
 
@@ -137,8 +165,18 @@ impl Engine {
     }
 
     /// Every replica has loaded its model and run a real forward pass.
-    pub fn is_ready(&self) -> bool {
+    pub fn is_loaded(&self) -> bool {
         !self.failed.load(Ordering::SeqCst) && self.loaded.load(Ordering::SeqCst) == self.replicas
+    }
+
+    /// Batches keep failing: not ready until a self-check passes.
+    pub fn inference_failing(&self) -> bool {
+        self.health.is_failing()
+    }
+
+    /// Loaded, and inference works.
+    pub fn is_ready(&self) -> bool {
+        self.is_loaded() && !self.inference_failing()
     }
 
     /// A job submitted now would be refused (callers check before costly preprocessing).

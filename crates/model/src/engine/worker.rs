@@ -1,12 +1,16 @@
-//! A model replica: one OS thread that owns one loaded [`Model`] and answers batches.
+//! A model replica: one OS thread that owns one loaded [`Model`] and answers batches. While
+//! inference is failing ([`super::health`]) a replica whose batch failed stays out of the idle
+//! pool and recovers: a self-check forward pass with back-off, and after a few failed checks a
+//! reload of its model, until inference works again.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
+use super::health::InferenceHealth;
 use super::{EngineConfig, EngineError, EngineMetrics, Job, JobResult};
 use crate::model::{FrameQuestions, Model};
 
@@ -43,13 +47,26 @@ impl LoadReport {
     }
 }
 
+/// What every replica shares with the engine.
+pub(super) struct Shared {
+    pub idle: mpsc::Sender<usize>,
+    pub report: LoadReport,
+    pub health: Arc<InferenceHealth>,
+}
+
+/// The first pause between self-checks of a failing replica, doubling to the last.
+const FIRST_RECHECK: Duration = Duration::from_millis(500);
+const LAST_RECHECK: Duration = Duration::from_secs(30);
+/// Self-checks that fail in a row before the replica reloads its model.
+const RELOAD_AFTER: u32 = 3;
+
 pub(super) fn spawn(
     id: usize,
     config: &EngineConfig,
-    idle: mpsc::Sender<usize>,
-    report: LoadReport,
+    shared: Shared,
     metrics: EngineMetrics,
 ) -> mpsc::Sender<Vec<Job>> {
+    let Shared { idle, report, health } = shared;
     let (tx, rx) = mpsc::channel::<Vec<Job>>();
     let config = config.clone();
     std::thread::Builder::new()
@@ -58,7 +75,7 @@ pub(super) fn spawn(
             // Intra-op threads are per OS thread in libtorch's OpenMP pool.
             tch::set_num_threads(config.threads_per_replica.max(1) as i32);
             let loaded = catch_unwind(AssertUnwindSafe(|| Model::load(&config.model_dir, &config.load)));
-            let model = match loaded {
+            let mut model = match loaded {
                 Ok(Ok(model)) => model,
                 Ok(Err(e)) => {
                     tracing::error!(replica = id, error = %e, "model replica failed to load");
@@ -77,7 +94,11 @@ pub(super) fn spawn(
             }
             while let Ok(batch) = rx.recv() {
                 if !batch.is_empty() {
-                    run_batch(&model, batch, &metrics);
+                    if run_batch(&model, batch, &metrics) {
+                        health.succeeded();
+                    } else if health.failed() {
+                        recover(id, &mut model, &config, &health);
+                    }
                 }
                 if idle.send(id).is_err() {
                     return;
@@ -88,7 +109,8 @@ pub(super) fn spawn(
     tx
 }
 
-fn run_batch(model: &Model, batch: Vec<Job>, metrics: &EngineMetrics) {
+/// Answers a batch; returns whether it succeeded.
+fn run_batch(model: &Model, batch: Vec<Job>, metrics: &EngineMetrics) -> bool {
     let started = Instant::now();
     metrics.batch_frames.observe(batch.len() as f64);
     let mode = batch[0].mode;
@@ -104,15 +126,49 @@ fn run_batch(model: &Model, batch: Vec<Job>, metrics: &EngineMetrics) {
                 let queued = started.saturating_duration_since(job.enqueued);
                 let _ = job.reply.send(Ok(JobResult { answers, queued, inference, batch_frames }));
             }
+            true
         }
         Ok(Err(e)) => fail(batch, e.to_string()),
         Err(_) => fail(batch, "the model replica panicked".into()),
     }
 }
 
-fn fail(batch: Vec<Job>, message: String) {
+/// Until a self-check forward pass succeeds: checks with back-off, reloading the model after
+/// [`RELOAD_AFTER`] failed checks in a row. The replica takes no batch meanwhile.
+fn recover(id: usize, model: &mut Model, config: &EngineConfig, health: &InferenceHealth) {
+    let mut pause = FIRST_RECHECK;
+    let mut failed_checks = 0;
+    while health.is_failing() {
+        std::thread::sleep(pause);
+        let checked = catch_unwind(AssertUnwindSafe(|| model.self_check()));
+        if matches!(checked, Ok(Ok(()))) {
+            tracing::warn!(replica = id, "self-check passed");
+            health.succeeded();
+            return;
+        }
+        failed_checks += 1;
+        tracing::error!(replica = id, failed_checks, "self-check failed");
+        if failed_checks >= RELOAD_AFTER {
+            match catch_unwind(AssertUnwindSafe(|| Model::load(&config.model_dir, &config.load))) {
+                Ok(Ok(reloaded)) => {
+                    // Loading runs a forward pass of its own: the model works again.
+                    tracing::warn!(replica = id, "model reloaded");
+                    *model = reloaded;
+                    health.succeeded();
+                    return;
+                }
+                _ => tracing::error!(replica = id, "model reload failed"),
+            }
+            failed_checks = 0;
+        }
+        pause = (pause * 2).min(LAST_RECHECK);
+    }
+}
+
+fn fail(batch: Vec<Job>, message: String) -> bool {
     tracing::error!(error = %message, frames = batch.len(), "inference failed");
     for job in batch {
         let _ = job.reply.send(Err(EngineError::Inference(message.clone())));
     }
+    false
 }

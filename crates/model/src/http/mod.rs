@@ -34,8 +34,10 @@ impl AppState {
     fn readiness(&self) -> Readiness {
         if self.draining.load(Ordering::SeqCst) {
             Readiness::Draining
-        } else if !self.infer.is_ready() {
+        } else if !self.infer.is_loaded() {
             Readiness::Loading
+        } else if !self.infer.is_ready() {
+            Readiness::InferenceFailing
         } else {
             Readiness::Ready
         }

@@ -142,7 +142,7 @@ impl Model {
     }
 
     /// A blank frame and a short question through every part, in both answer modes.
-    fn self_check(&self) -> Result<(), InferenceError> {
+    pub fn self_check(&self) -> Result<(), InferenceError> {
         let (h, w) = self.shapes.image_size;
         let blank = RgbImage { width: w as u32, height: h as u32, data: vec![128; h * w * 3] };
         let pixels = self.preprocessor.normalize(&blank);

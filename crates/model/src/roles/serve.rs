@@ -61,6 +61,17 @@ pub struct ServeArgs {
     #[arg(long, env = "BLIPSERVE_QUEUE_CAPACITY", default_value_t = 64)]
     pub queue_capacity: usize,
 
+    /// Failed batches in a row (across replicas) after which /ready turns 503 `inference_failing`
+    /// until a replica's self-check forward pass succeeds (a bad NeuronCore or driver fails fast, and
+    /// would otherwise draw more traffic)
+    #[arg(
+        long,
+        env = "BLIPSERVE_UNHEALTHY_AFTER_FAILED_BATCHES",
+        default_value_t = 3,
+        value_parser = clap::value_parser!(u32).range(1..)
+    )]
+    pub unhealthy_after_failed_batches: u32,
+
     #[command(flatten)]
     pub limits: LimitsArgs,
 
@@ -119,6 +130,7 @@ pub fn run(args: ServeArgs, role: Role) -> anyhow::Result<()> {
         max_batch_frames: args.max_batch_frames.max(1),
         max_wait: Duration::from_micros(args.max_wait_us),
         queue_capacity: args.queue_capacity.max(1),
+        unhealthy_after_failed_batches: args.unhealthy_after_failed_batches,
     };
 
     // What the facade needs of the model before the replicas load it.
