@@ -411,24 +411,12 @@ mod tests {
 
     #[test]
     fn one_group_per_point_and_the_capacity_circled() {
-        use crate::loadtest::sweep::{sustainable, tests::point};
-        let points = vec![
+        use crate::loadtest::sweep::tests::{point, report};
+        let report = report(vec![
             point(Some(1), 1, 30.0, 40.0, 0),
             point(Some(1), 4, 60.0, 200.0, 0),
             point(Some(2), 4, 70.0, 400.0, 3),
-        ];
-        let capacity = sustainable(&points);
-        let report = SweepReport {
-            slo_p99_ms: 250.0,
-            headroom: 0.7,
-            questions_per_frame: 3,
-            requests_per_point: 100,
-            warmup_requests: 0,
-            points,
-            capacity,
-            scaling_target: None,
-            capacity_by_replicas: Vec::new(),
-        };
+        ]);
         let svg = svg(&report, "a <title> & more");
         let doc = roxmltree::Document::parse(&svg).expect("well-formed");
         let class = |c: &str| doc.descendants().filter(|n| n.attribute("class") == Some(c)).count();

@@ -280,6 +280,21 @@ pub(crate) mod tests {
         Point { label, replicas, concurrency, meets_slo: meets_slo(&report, 250.0), report }
     }
 
+    /// A sweep of `points` at a 250 ms objective, with its sustainable capacity.
+    pub(crate) fn report(points: Vec<Point>) -> SweepReport {
+        SweepReport {
+            slo_p99_ms: 250.0,
+            headroom: 0.7,
+            questions_per_frame: 3,
+            requests_per_point: 100,
+            warmup_requests: 0,
+            capacity: sustainable(&points),
+            points,
+            scaling_target: None,
+            capacity_by_replicas: Vec::new(),
+        }
+    }
+
     #[test]
     fn capacity_is_the_fastest_point_within_the_objective_and_without_errors() {
         let points = [
@@ -297,17 +312,7 @@ pub(crate) mod tests {
 
     #[test]
     fn csv_has_a_row_per_point_and_errors_by_status() {
-        let report = SweepReport {
-            slo_p99_ms: 250.0,
-            headroom: 0.7,
-            questions_per_frame: 3,
-            requests_per_point: 100,
-            warmup_requests: 0,
-            points: vec![point(Some(1), 2, 30.0, 40.0, 0), point(None, 8, 20.0, 900.0, 7)],
-            capacity: None,
-            scaling_target: None,
-            capacity_by_replicas: Vec::new(),
-        };
+        let report = report(vec![point(Some(1), 2, 30.0, 40.0, 0), point(None, 8, 20.0, 900.0, 7)]);
         let csv = report.csv();
         let lines: Vec<&str> = csv.lines().collect();
         assert_eq!(lines.len(), 3);
