@@ -1,7 +1,8 @@
 //! The deployment speaks the publisher's language. Every scaling policy, alarm, dashboard widget
 //! and IAM condition in `deploy/*.yaml` that names a metric of ours uses exactly the namespace,
 //! metric names and dimension sets of `blipserve_api::cloudwatch`; renaming one on either side fails
-//! here. And every load balancer waits at least as long as the service takes to drain.
+//! here. And every load balancer waits at least as long as the service takes to drain, and the
+//! pool's workers get every NeuronCore or GPU of their instance type.
 //!
 //! The templates are parsed as YAML with CloudFormation's short-form tags (`!Ref`, `!Sub`, …)
 //! kept as tagged values; dashboard bodies are parsed as JSON once their `${…}` are filled in.
@@ -587,4 +588,194 @@ fn the_api_stack_marks_its_pools_as_load_balancers() {
             "api.yaml: every pool is a load balancer:\n{config}"
         );
     }
+}
+
+/// NeuronCores per inf2 size: every Inferentia2 device has 2 NeuronCores (NeuronCore-v2), and
+/// inf2.xlarge and inf2.8xlarge have 1 device, inf2.24xlarge 6, inf2.48xlarge 12 (AWS's Inf2
+/// instance-type page; the Neuron documentation's Inf2 architecture page).
+const INF2_NEURON_CORES: [(&str, u64); 4] =
+    [("inf2.xlarge", 2), ("inf2.8xlarge", 2), ("inf2.24xlarge", 12), ("inf2.48xlarge", 24)];
+const NEURON_CORES_PER_DEVICE: u64 = 2;
+/// GPUs per g5 (A10G) and g6 (L4) size (AWS's G5 and G6 instance-type pages).
+const GPUS: [(&str, u64); 8] = [
+    ("g5.xlarge", 1),
+    ("g5.2xlarge", 1),
+    ("g5.4xlarge", 1),
+    ("g5.12xlarge", 4),
+    ("g6.xlarge", 1),
+    ("g6.2xlarge", 1),
+    ("g6.4xlarge", 1),
+    ("g6.12xlarge", 4),
+];
+
+fn lookup(table: &[(&str, u64)], instance_type: &str) -> Option<u64> {
+    table.iter().find(|(t, _)| *t == instance_type).map(|&(_, n)| n)
+}
+
+/// A count in a mapping, written as a number or a string.
+fn count(v: &Value) -> Option<u64> {
+    match v {
+        Value::Number(n) => n.as_u64(),
+        Value::String(s) => s.parse().ok(),
+        _ => None,
+    }
+}
+
+/// `!FindInMap [Map, !Ref Parameter, Key]` (short or long form) → `(Map, Parameter, Key)`.
+fn find_in_map(v: &Value) -> Option<(&str, &str, &str)> {
+    let args = match v {
+        Value::Tagged(t) if t.tag == "FindInMap" => &t.value,
+        Value::Mapping(m) => m.get("Fn::FindInMap")?,
+        _ => return None,
+    };
+    match args.as_sequence()?.as_slice() {
+        [map, key, field] => Some((map.as_str()?, ref_target(key)?, field.as_str()?)),
+        _ => None,
+    }
+}
+
+/// The body of the quoted heredoc `cat > PATH <<'EOF'` … `EOF` in a script.
+fn heredoc<'a>(script: &'a str, path: &str) -> Option<&'a str> {
+    let start = format!("cat > {path} <<'EOF'\n");
+    let (_, body) = script.split_once(start.as_str())?;
+    body.split_once("\nEOF\n").map(|(b, _)| b)
+}
+
+/// The instance types of a rule `Assert: !Contains [[types…], !Ref InstanceType]`.
+fn rule_instance_types<'a>(t: &'a Template, rule: &str) -> Vec<&'a str> {
+    let contains = &t.doc["Rules"][rule]["Assertions"][0]["Assert"];
+    assert!(
+        matches!(contains, Value::Tagged(c) if c.tag == "Contains") && ref_target(&contains[1]) == Some("InstanceType"),
+        "{}: rule {rule} is not `!Contains [[types…], !Ref InstanceType]`",
+        t.file
+    );
+    contains[0]
+        .as_sequence()
+        .unwrap_or_else(|| panic!("{}: rule {rule} lists no instance types", t.file))
+        .iter()
+        .map(|v| v.as_str().expect("instance type"))
+        .collect()
+}
+
+/// The pool uses every accelerator of its instance type. `Mappings.Accelerators` has every type
+/// `InstanceType` allows (a `!FindInMap` on a missing key fails only at deploy time), with each
+/// inf2 size's NeuronCores and devices and each g5/g6 size's GPUs; the stack rules allow the same
+/// types per backend. The user data looks the type up, writes the counts to worker.conf, passes
+/// `NEURON_RT_VISIBLE_CORES=0-(cores - 1)` into the container (the worker runs one replica per
+/// core, without `--replicas`), and checks at boot that the devices are there.
+#[test]
+fn the_pool_uses_every_neuron_core_and_gpu_of_its_instance_type() {
+    let pool = templates().into_iter().find(|t| t.file == "pool.yaml").expect("deploy/pool.yaml");
+    let mut errors = Vec::new();
+    let allowed: Vec<&str> = pool.doc["Parameters"]["InstanceType"]["AllowedValues"]
+        .as_sequence()
+        .expect("pool.yaml: InstanceType has AllowedValues")
+        .iter()
+        .map(|v| v.as_str().expect("instance type"))
+        .collect();
+    let table = pool.doc["Mappings"]["Accelerators"].as_mapping().expect("pool.yaml: Mappings.Accelerators");
+    let neuron_rule = rule_instance_types(&pool, "NeuronRunsOnInf2");
+    let gpu_rule = rule_instance_types(&pool, "GpuRunsOnGpuInstances");
+
+    for ty in &allowed {
+        let is_gpu = ty.starts_with("g5.") || ty.starts_with("g6.");
+        if ty.starts_with("inf2.") != neuron_rule.contains(ty) {
+            errors.push(format!("{ty}: NeuronRunsOnInf2 must allow it if and only if it is an inf2 type"));
+        }
+        if is_gpu != gpu_rule.contains(ty) {
+            errors.push(format!("{ty}: GpuRunsOnGpuInstances must allow it if and only if it is a g5/g6 type"));
+        }
+        let Some(entry) = table.get(*ty) else {
+            errors.push(format!("InstanceType allows {ty}, which Mappings.Accelerators lacks (!FindInMap would fail)"));
+            continue;
+        };
+        // (Devices, Cores)
+        let expected = if ty.starts_with("inf2.") {
+            let Some(cores) = lookup(&INF2_NEURON_CORES, ty) else {
+                errors.push(format!("InstanceType allows {ty}: add its NeuronCores to INF2_NEURON_CORES"));
+                continue;
+            };
+            (cores / NEURON_CORES_PER_DEVICE, cores)
+        } else if is_gpu {
+            let Some(gpus) = lookup(&GPUS, ty) else {
+                errors.push(format!("InstanceType allows {ty}: add its GPUs to GPUS"));
+                continue;
+            };
+            (gpus, gpus)
+        } else {
+            (0, 0) // CPU instances: the worker sizes itself from the vCPUs.
+        };
+        let found = (count(&entry["Devices"]), count(&entry["Cores"]));
+        if found != (Some(expected.0), Some(expected.1)) {
+            errors.push(format!(
+                "Mappings.Accelerators {ty}: (Devices, Cores) = {found:?}, expected {expected:?} \
+                 (inf2: {NEURON_CORES_PER_DEVICE} NeuronCores per Inferentia2 device)"
+            ));
+        }
+    }
+    for ty in table.keys().filter_map(Value::as_str) {
+        if !allowed.contains(&ty) {
+            errors.push(format!("Mappings.Accelerators has {ty}, which InstanceType does not allow"));
+        }
+    }
+    for ty in neuron_rule.iter().chain(&gpu_rule) {
+        if !allowed.contains(ty) {
+            errors.push(format!("a stack rule names {ty}, which InstanceType does not allow"));
+        }
+    }
+
+    // The user data: the lookup, worker.conf, the container's environment and devices.
+    let (_, _, launch) =
+        pool.resources().find(|(_, ty, _)| *ty == "AWS::EC2::LaunchTemplate").expect("pool.yaml: a launch template");
+    let user_data = &launch["LaunchTemplateData"]["UserData"]["Fn::Base64"];
+    let script = sub_text(user_data).expect("pool.yaml: the user data is a !Sub");
+    for key in ["Devices", "Cores"] {
+        if find_in_map(&user_data[1][key]) != Some(("Accelerators", "InstanceType", key)) {
+            errors.push(format!(
+                "user data: the !Sub variable {key} is not !FindInMap [Accelerators, !Ref InstanceType, {key}]"
+            ));
+        }
+    }
+    let conf = heredoc(script, "/etc/blipserve/worker.conf").expect("user data writes /etc/blipserve/worker.conf");
+    for line in ["DEVICE_COUNT=${Devices}", "CORE_COUNT=${Cores}"] {
+        if !conf.lines().any(|l| l == line) {
+            errors.push(format!("worker.conf lacks the line {line}"));
+        }
+    }
+    let run = heredoc(script, "/usr/local/bin/blipserve-run").expect("user data writes /usr/local/bin/blipserve-run");
+    if !run.contains(". /etc/blipserve/worker.conf") || !run.contains("\"$@\" \"$IMAGE\"") {
+        errors.push("blipserve-run must read worker.conf and give docker run its options (\"$@\")".to_string());
+    }
+    match run.lines().find(|l| !l.trim_start().starts_with('#') && l.contains("NEURON_RT_VISIBLE_CORES=")) {
+        None => errors.push("blipserve-run does not pass NEURON_RT_VISIBLE_CORES to the container".to_string()),
+        Some(line) => {
+            let value: String = line
+                .split_once("NEURON_RT_VISIBLE_CORES=")
+                .map(|(_, v)| v)
+                .unwrap_or_default()
+                .split('"')
+                .next()
+                .unwrap_or_default()
+                .chars()
+                .filter(|c| !c.is_whitespace())
+                .collect();
+            // inf2.xlarge: 0-1, inf2.48xlarge: 0-23.
+            if !(line.contains("--env ") || line.contains(" -e ")) || value != "0-$((CORE_COUNT-1))" {
+                errors.push(format!(
+                    "blipserve-run: want `--env \"NEURON_RT_VISIBLE_CORES=0-$(( CORE_COUNT - 1 ))\"`, found: {}",
+                    line.trim()
+                ));
+            }
+        }
+    }
+    if !run.contains("--gpus all") {
+        errors.push("blipserve-run does not give the container every GPU (--gpus all)".to_string());
+    }
+    if run.lines().any(|l| !l.trim_start().starts_with('#') && l.contains("--replicas")) {
+        errors.push("blipserve-run sets --replicas: the worker runs one replica per visible core or GPU".to_string());
+    }
+    if !script.contains("-lt \"$DEVICE_COUNT\"") {
+        errors.push("user data: no boot check of the devices present against DEVICE_COUNT".to_string());
+    }
+    assert!(errors.is_empty(), "{} problem(s):\n{}", errors.len(), errors.join("\n"));
 }
