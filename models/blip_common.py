@@ -94,3 +94,26 @@ def manifest(model, processor, origin, specs, args) -> dict:
             "std": [float(x) for x in ip.image_std],
         },
     }
+
+
+# Neuron exports carry a small TorchScript helper that binds the modules loaded next to chosen
+# NeuronCores. The placement API of torch-neuronx is the runtime class that libtorchneuron.so
+# registers with TorchScript (`torch.classes.neuron.Runtime`, what torch_neuronx.experimental's
+# neuron_cores_context calls); a Rust process reaches it through this module.
+NEURON_PLACEMENT_FILE = "neuron_placement.pt"
+
+
+def save_neuron_placement(path: Path) -> None:
+    """Scripts the placement helper and saves it to `path`. The runtime class must be registered:
+    torch_neuronx imported (or its library loaded). `forward(start_nc, nc_count)` sets the
+    runtime's default cores for modules loaded afterwards (-1, -1: the runtime chooses) and
+    returns how many NeuronCores this process sees."""
+    import torch
+
+    class NeuronPlacement(torch.nn.Module):
+        def forward(self, start_nc: int, nc_count: int) -> int:
+            runtime = torch.classes.neuron.Runtime()
+            runtime.set_default_neuron_cores(start_nc, nc_count)
+            return runtime.get_visible_nc_count()
+
+    torch.jit.script(NeuronPlacement()).save(str(path))

@@ -542,6 +542,10 @@ def main(argv=None) -> int:
     manifest = common.manifest(model, processor, origin, specs, args)
     manifest.update(padding)
     manifest.update(attention)
+    if args.target == "neuron":
+        # One replica per NeuronCore: blipserve binds each replica's modules through this helper.
+        common.save_neuron_placement(out / common.NEURON_PLACEMENT_FILE)
+        manifest["neuron_placement"] = common.NEURON_PLACEMENT_FILE
     with open(out / "manifest.json", "w") as f:
         json.dump(manifest, f, indent=2)
         f.write("\n")

@@ -12,9 +12,11 @@ pub struct ServeInfo {
     /// `serve` or `worker`.
     pub role: &'static str,
     pub model: ModelInfo,
-    /// cpu, cuda:N or neuron.
+    /// What --device asked for: cpu, cuda (every visible GPU), cuda:N or neuron.
     pub device: String,
     pub replicas: usize,
+    /// Where each replica runs.
+    pub placement: Vec<ReplicaPlacement>,
     pub threads_per_replica: usize,
     pub batching: Batching,
     pub limits: LimitsInfo,
@@ -24,6 +26,20 @@ pub struct ServeInfo {
     pub ready: bool,
     /// Frames waiting for a replica.
     pub queue_depth: usize,
+}
+
+/// One model replica's device.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ReplicaPlacement {
+    pub replica: usize,
+    /// cpu, cuda:N or neuron.
+    pub device: String,
+    /// Device neuron: the NeuronCore this replica is bound to, as the instance numbers it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub neuron_core: Option<usize>,
+    /// Device neuron: where the visible cores came from (NEURON_RT_VISIBLE_CORES, …).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub visible_cores: Option<String>,
 }
 
 /// What the model directory's manifest says of the model.

@@ -10,7 +10,7 @@ use tch::Tensor;
 #[test]
 fn custom_operator_library_is_required_and_then_used() {
     let dir = tempfile::tempdir().unwrap();
-    let built = run_python(&["models/fixtures/custom_op.py".as_ref(), dir.path().as_os_str()]);
+    let built = op_fixtures(dir.path(), &[]);
     let module = std::path::PathBuf::from(built["module"].as_str().unwrap());
     let library = std::path::PathBuf::from(built["library"].as_str().unwrap());
     let operator = built["operator"].as_str().unwrap();

@@ -65,3 +65,11 @@ pub fn blipserve_exe() -> PathBuf {
     );
     exe
 }
+
+/// Builds the test operator library and its models (models/fixtures/custom_op.py) into `out`;
+/// `extra` asks for model variants (`--faulty-model DIR`, `--fake-neuron-model DIR`).
+pub fn op_fixtures(out: &Path, extra: &[&OsStr]) -> serde_json::Value {
+    let mut args: Vec<&OsStr> = vec!["models/fixtures/custom_op.py".as_ref(), out.as_os_str()];
+    args.extend_from_slice(extra);
+    run_python(&args)
+}

@@ -15,7 +15,7 @@ use crate::backend::Backend;
 use crate::detect::{AnswerOut, BehaviorOut, Behaviors, DetectForm, DetectResponse, JsonDetect, Mode, Timings};
 use crate::gateway::admin::{PoolView, PoolsView, Recent, WeightBody, WeightsBody, WorkerView};
 use crate::gateway::{Forwarding, GatewayInfo, PoolInfo};
-use crate::info::{Batching, ModelInfo, ServeInfo};
+use crate::info::{Batching, ModelInfo, ReplicaPlacement, ServeInfo};
 use crate::settings::{LimitsInfo, RequestLimits};
 
 /// The inference tier: `serve` and `worker`.
@@ -28,7 +28,7 @@ use crate::settings::{LimitsInfo, RequestLimits};
     paths(detect, behaviors, serve_info, health, ready, metrics, openapi_json, docs),
     components(schemas(
         Mode, JsonDetect, DetectForm, DetectResponse, AnswerOut, Timings, BehaviorOut, Behaviors, ErrorBody,
-        Health, Ready, Readiness, ServeInfo, ModelInfo, Batching, LimitsInfo, Backend
+        Health, Ready, Readiness, ServeInfo, ModelInfo, ReplicaPlacement, Batching, LimitsInfo, Backend
     )),
     modifiers(&BearerScheme)
 )]

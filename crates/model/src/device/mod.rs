@@ -6,20 +6,22 @@
 //! module is deserialised. The same mechanism serves any custom-operator library.
 
 mod op_library;
+pub mod placement;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 pub use op_library::{find_neuron_library, load_neuron_runtime, load_op_library, OpLibraryError};
+pub use placement::{parse_core_list, plan, visible_neuron_cores, DeviceChoice, Host, NeuronCore, Slot};
 
 /// A compute device for one model replica.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Device {
     Cpu,
     Cuda(usize),
-    /// A NeuronCore. Which core is chosen by the Neuron runtime
-    /// (`NEURON_RT_VISIBLE_CORES`); traced Neuron modules take and return CPU tensors.
+    /// NeuronCores. Which core a replica's modules are bound to is set when they are loaded
+    /// ([`on_neuron_core`]); traced Neuron modules take and return CPU tensors.
     Neuron,
 }
 
@@ -33,6 +35,8 @@ pub enum DeviceError {
     OpLibrary(#[from] OpLibraryError),
     #[error("cannot load TorchScript module {path}: {message}")]
     Load { path: PathBuf, message: String },
+    #[error("replica placement: {0}")]
+    Placement(String),
 }
 
 impl FromStr for Device {
@@ -129,6 +133,45 @@ pub fn load_module(path: &Path, device: Device) -> Result<tch::CModule, DeviceEr
         .map_err(|e| DeviceError::Load { path: path.to_path_buf(), message: explain_load_error(&e.to_string()) })?;
     module.f_set_eval().map_err(|e| DeviceError::Load { path: path.to_path_buf(), message: e.to_string() })?;
     Ok(module)
+}
+
+/// Runs `load` (which loads one replica's modules) with the Neuron runtime binding what it loads
+/// to NeuronCore `core` (an index among the cores this process sees), through the export's
+/// placement helper (`neuron_placement.pt`, see models/export.py). The runtime's default cores
+/// are process-wide, so replicas are placed one at a time, and the default is restored after.
+/// Without a helper (an export older than the helper) the runtime chooses the core.
+pub fn on_neuron_core<T>(
+    helper: Option<&Path>,
+    core: usize,
+    load: impl FnOnce() -> Result<T, DeviceError>,
+) -> Result<T, DeviceError> {
+    static PLACING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _placing = PLACING.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let Some(helper) = helper else {
+        tracing::warn!(core, "this Neuron export has no placement helper: the runtime chooses each module's core");
+        return load();
+    };
+    let placement = load_module(helper, Device::Neuron)?;
+    let visible = set_default_neuron_cores(&placement, core as i64, 1)?;
+    if core as i64 >= visible {
+        set_default_neuron_cores(&placement, -1, -1)?;
+        return Err(DeviceError::Placement(format!(
+            "NeuronCore index {core} asked for, but the Neuron runtime sees {visible} core(s)"
+        )));
+    }
+    let loaded = load();
+    set_default_neuron_cores(&placement, -1, -1)?;
+    loaded
+}
+
+/// Calls the placement helper; returns the NeuronCores the runtime sees.
+fn set_default_neuron_cores(placement: &tch::CModule, start: i64, count: i64) -> Result<i64, DeviceError> {
+    let failed = |message: String| DeviceError::Placement(format!("setting NeuronCores {start}+{count}: {message}"));
+    match placement.forward_is(&[tch::IValue::Int(start), tch::IValue::Int(count)]) {
+        Ok(tch::IValue::Int(visible)) => Ok(visible),
+        Ok(other) => Err(failed(format!("the helper returned {other:?}, not a core count"))),
+        Err(e) => Err(failed(e.to_string().lines().next().unwrap_or_default().to_string())),
+    }
 }
 
 /// libtorch's message for an unregistered operator is long and names no remedy.

@@ -21,6 +21,7 @@ use blipserve_api::metrics::Registry;
 use prometheus::{Histogram, IntCounterVec, IntGauge};
 use tokio::sync::oneshot;
 
+use crate::device::Slot;
 use crate::model::{Answer, AnswerMode, LoadOptions, Pixels, Question};
 
 /// What the engine reports to Prometheus.
@@ -59,8 +60,10 @@ impl EngineMetrics {
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
     pub model_dir: PathBuf,
+    /// Load options every replica shares; each replica's device comes from its slot.
     pub load: LoadOptions,
-    pub replicas: usize,
+    /// Where each replica runs: one replica per slot.
+    pub slots: Vec<Slot>,
     pub threads_per_replica: usize,
     pub max_batch_frames: usize,
     pub max_wait: Duration,
@@ -123,13 +126,14 @@ impl Engine {
         let failed = Arc::new(AtomicBool::new(false));
         let (loaded_tx, loaded_rx) = oneshot::channel();
         let (idle_tx, idle_rx) = mpsc::channel::<usize>();
-        let load_report = worker::LoadReport::new(config.replicas, loaded.clone(), failed.clone(), loaded_tx);
+        let replicas = config.slots.len();
+        let load_report = worker::LoadReport::new(replicas, loaded.clone(), failed.clone(), loaded_tx);
         let health = Arc::new(health::InferenceHealth::new(
             config.unhealthy_after_failed_batches,
             metrics.inference_failing.clone(),
             metrics.inference_failures.clone(),
         ));
-        let workers: Vec<mpsc::Sender<Vec<Job>>> = (0..config.replicas)
+        let workers: Vec<mpsc::Sender<Vec<Job>>> = (0..replicas)
             .map(|id| {
                 let shared =
                     worker::Shared { idle: idle_tx.clone(), report: load_report.clone(), health: health.clone() };
@@ -137,15 +141,7 @@ impl Engine {
             })
             .collect();
         batcher::Batcher { config: config.clone(), jobs, idle: idle_rx, workers, metrics: metrics.clone() }.spawn();
-        let engine = Engine {
-            queue,
-            loaded,
-            failed,
-            replicas: config.replicas,
-            capacity: config.queue_capacity,
-            metrics,
-            health,
-        };
+        let engine = Engine { queue, loaded, failed, replicas, capacity: config.queue_capacity, metrics, health };
         (engine, loaded_rx)
     }
 

@@ -74,7 +74,8 @@ pub(super) fn spawn(
         .spawn(move || {
             // Intra-op threads are per OS thread in libtorch's OpenMP pool.
             tch::set_num_threads(config.threads_per_replica.max(1) as i32);
-            let loaded = catch_unwind(AssertUnwindSafe(|| Model::load(&config.model_dir, &config.load)));
+            let load = config.load.placed(config.slots[id]);
+            let loaded = catch_unwind(AssertUnwindSafe(|| Model::load(&config.model_dir, &load)));
             let mut model = match loaded {
                 Ok(Ok(model)) => model,
                 Ok(Err(e)) => {
@@ -149,7 +150,8 @@ fn recover(id: usize, model: &mut Model, config: &EngineConfig, health: &Inferen
         failed_checks += 1;
         tracing::error!(replica = id, failed_checks, "self-check failed");
         if failed_checks >= RELOAD_AFTER {
-            match catch_unwind(AssertUnwindSafe(|| Model::load(&config.model_dir, &config.load))) {
+            let load = config.load.placed(config.slots[id]);
+            match catch_unwind(AssertUnwindSafe(|| Model::load(&config.model_dir, &load))) {
                 Ok(Ok(reloaded)) => {
                     // Loading runs a forward pass of its own: the model works again.
                     tracing::warn!(replica = id, "model reloaded");

@@ -35,6 +35,9 @@ pub struct Manifest {
     #[serde(default)]
     pub question_padding_masked: bool,
     pub preprocess: PreprocessSpec,
+    /// Neuron exports: the TorchScript helper that binds modules to a chosen NeuronCore.
+    #[serde(default)]
+    pub neuron_placement: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -46,7 +46,17 @@ pub struct LoadOptions {
     pub op_libraries: Vec<PathBuf>,
     /// libtorchneuron.so for device neuron; found automatically when `None`.
     pub neuron_library: Option<PathBuf>,
+    /// Device neuron: the NeuronCore (index among the visible ones) to bind this replica to;
+    /// `None` lets the runtime choose.
+    pub neuron_core: Option<usize>,
     pub image_limits: ImageLimits,
+}
+
+impl LoadOptions {
+    /// These options for the replica placed at `slot`.
+    pub fn placed(&self, slot: crate::device::Slot) -> LoadOptions {
+        LoadOptions { device: slot.device, neuron_core: slot.neuron_core.map(|core| core.index), ..self.clone() }
+    }
 }
 
 impl Default for LoadOptions {
@@ -55,6 +65,7 @@ impl Default for LoadOptions {
             device: Device::Cpu,
             op_libraries: Vec::new(),
             neuron_library: None,
+            neuron_core: None,
             image_limits: ImageLimits::default(),
         }
     }
@@ -88,9 +99,18 @@ impl Model {
         device::load_operator_libraries(opts.device, opts.neuron_library.as_deref(), &opts.op_libraries)?;
 
         let part = |file: &str| device::load_module(&dir.join(file), opts.device);
-        let image_encoder = part(&manifest.parts.image_encoder.file)?;
-        let text_encoder = part(&manifest.parts.text_encoder.file)?;
-        let text_decoder = part(&manifest.parts.text_decoder.file)?;
+        let parts = || -> Result<_, DeviceError> {
+            let image_encoder = part(&manifest.parts.image_encoder.file)?;
+            let text_encoder = part(&manifest.parts.text_encoder.file)?;
+            Ok((image_encoder, text_encoder, part(&manifest.parts.text_decoder.file)?))
+        };
+        let (image_encoder, text_encoder, text_decoder) = match opts.neuron_core {
+            Some(core) if opts.device == Device::Neuron => {
+                let helper = manifest.neuron_placement.as_ref().map(|file| dir.join(file));
+                device::on_neuron_core(helper.as_deref(), core, parts)?
+            }
+            _ => parts()?,
+        };
         let tokenizer = QuestionTokenizer::load(dir, &manifest.tokens, manifest.max_question_len)?;
         let preprocessor = Preprocessor::new(&manifest.preprocess, opts.image_limits);
 

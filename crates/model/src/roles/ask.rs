@@ -43,7 +43,7 @@ struct Line<'a> {
 }
 
 pub fn run(args: AskArgs) -> anyhow::Result<()> {
-    tch::set_num_threads(args.model.threads() as i32);
+    tch::set_num_threads(args.model.threads(1) as i32);
     tch::set_num_interop_threads(1);
     let dir = &args.model.model;
     let model = Model::load(dir, &args.model.load_options(ImageLimits::DEFAULT))

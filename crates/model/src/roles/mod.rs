@@ -12,7 +12,7 @@ use blipserve_api::frame::ImageLimits;
 use blipserve_api::roles::cores;
 use clap::{Args, ValueEnum};
 
-use crate::device::Device;
+use crate::device::DeviceChoice;
 use crate::model::{AnswerMode, LoadOptions, Model};
 
 /// How questions are answered, as a flag.
@@ -41,12 +41,15 @@ pub struct ModelArgs {
     #[arg(long, env = "BLIPSERVE_MODEL", default_value = "models/tiny")]
     pub model: PathBuf,
 
-    /// Device: cpu, cuda, cuda:N or neuron
+    /// Device: cpu; cuda (one replica per visible GPU, each on its own) or cuda:N; neuron (one
+    /// replica per visible NeuronCore, each bound to its own: NEURON_RT_VISIBLE_CORES, else
+    /// NEURON_RT_NUM_CORES, else every core of the /dev/neuron* devices)
     #[arg(long, env = "BLIPSERVE_DEVICE", default_value = "cpu")]
-    pub device: Device,
+    pub device: DeviceChoice,
 
-    /// Intra-op threads per model replica [default: up to 4, at most the cores: a replica's
-    /// matrix products stop scaling past a few threads]
+    /// Intra-op threads per model replica [default: up to 4, at most the cores (a replica's
+    /// matrix products stop scaling past a few threads); on an accelerator, the cores shared
+    /// among its replicas]
     #[arg(long, env = "BLIPSERVE_THREADS")]
     pub threads: Option<usize>,
 
@@ -62,16 +65,22 @@ pub struct ModelArgs {
 impl ModelArgs {
     pub fn load_options(&self, image_limits: ImageLimits) -> LoadOptions {
         LoadOptions {
-            device: self.device,
+            device: self.device.first(),
+            neuron_core: None,
             op_libraries: self.op_libraries.clone(),
             neuron_library: self.neuron_lib.clone(),
             image_limits,
         }
     }
 
-    /// Intra-op threads for one replica.
-    pub fn threads(&self) -> usize {
-        self.threads.unwrap_or_else(|| default_threads_and_replicas(cores()).0).max(1)
+    /// Intra-op threads for each of `replicas` replicas.
+    pub fn threads(&self, replicas: usize) -> usize {
+        let default = || match self.device {
+            // An accelerator replica runs little on the CPU: its share of the cores.
+            choice if choice.is_accelerator() => (cores() / replicas.max(1)).clamp(1, 4),
+            _ => default_threads_and_replicas(cores()).0,
+        };
+        self.threads.unwrap_or_else(default).max(1)
     }
 }
 

@@ -12,7 +12,7 @@ use anyhow::Context;
 use blipserve_api::behaviors::{Behavior, Catalogue};
 use blipserve_api::cloudwatch::{CloudwatchArgs, Publisher};
 use blipserve_api::http::{self as api_http, ConnectionMetrics};
-use blipserve_api::info::{Batching, ModelInfo, ServeInfo};
+use blipserve_api::info::{Batching, ModelInfo, ReplicaPlacement, ServeInfo};
 use blipserve_api::metrics::{Registry, RequestMetrics};
 use blipserve_api::roles::cores;
 use blipserve_api::settings::{
@@ -21,6 +21,7 @@ use blipserve_api::settings::{
 use clap::Args;
 
 use super::ModelArgs;
+use crate::device::{placement, Host, Slot};
 use crate::engine::{Engine, EngineConfig, EngineMetrics};
 use crate::http::{self, AppState};
 use crate::infer::{Infer, Parts};
@@ -43,7 +44,8 @@ pub struct ServeArgs {
     #[command(flatten)]
     pub listen: ListenArgs,
 
-    /// Model replicas, each on its own thread with --threads intra-op threads [default: cores / threads]
+    /// Model replicas, each on its own thread with --threads intra-op threads [default: cuda, one
+    /// per visible GPU; neuron, one per visible NeuronCore (more is refused); cpu, cores / threads]
     #[arg(long, env = "BLIPSERVE_REPLICAS")]
     pub replicas: Option<usize>,
 
@@ -119,13 +121,16 @@ pub fn run(args: ServeArgs, role: Role) -> anyhow::Result<()> {
     let behaviors = Catalogue::with(file.section::<BTreeMap<String, Behavior>>("behaviors")?)?;
     let model_dir = args.model.model.clone();
     let load = args.model.load_options(args.limits.image_limits());
-    let threads = args.model.threads();
-    let replicas = args.replicas.unwrap_or((cores() / threads).max(1)).max(1);
+    let choice = args.model.device;
+    let host = Host::detect(choice, (cores() / args.model.threads(1)).max(1))?;
+    let slots = placement::plan(choice, args.replicas, &host)?;
+    let replicas = slots.len();
+    let threads = args.model.threads(replicas);
     let limits = args.limits.request_limits();
     let engine_config = EngineConfig {
         model_dir: model_dir.clone(),
         load: load.clone(),
-        replicas,
+        slots,
         threads_per_replica: threads,
         max_batch_frames: args.max_batch_frames.max(1),
         max_wait: Duration::from_micros(args.max_wait_us),
@@ -138,7 +143,8 @@ pub fn run(args: ServeArgs, role: Role) -> anyhow::Result<()> {
     manifest.shapes()?;
     let tokenizer = QuestionTokenizer::load(&model_dir, &manifest.tokens, manifest.max_question_len)?;
     let preprocessor = Preprocessor::new(&manifest.preprocess, load.image_limits);
-    let info = describe(role, &manifest, &args, &engine_config, &limits);
+    let info = describe(role, &manifest, &args, (&engine_config, &host), &limits);
+    let placed_on = placement_summary(&info);
 
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async move {
@@ -185,7 +191,7 @@ pub fn run(args: ServeArgs, role: Role) -> anyhow::Result<()> {
             "blipserve: listening on http://{bound} ({}, model {}, {replicas} replica(s) on {})",
             role.name(),
             manifest.model_id,
-            load.device
+            placed_on
         );
         // A replica that fails to load stops the service through the normal shutdown path
         // (drain, final CloudWatch publication), and the process exits non-zero.
@@ -224,7 +230,7 @@ fn describe(
     role: Role,
     manifest: &Manifest,
     args: &ServeArgs,
-    engine: &EngineConfig,
+    (engine, host): (&EngineConfig, &Host),
     limits: &RequestLimits,
 ) -> ServeInfo {
     ServeInfo {
@@ -240,8 +246,14 @@ fn describe(
             torch: manifest.torch_version.clone(),
             transformers: manifest.transformers_version.clone(),
         },
-        device: engine.load.device.to_string(),
-        replicas: engine.replicas,
+        device: args.model.device.to_string(),
+        replicas: engine.slots.len(),
+        placement: engine
+            .slots
+            .iter()
+            .enumerate()
+            .map(|(replica, slot)| replica_placement(replica, slot, host))
+            .collect(),
         threads_per_replica: engine.threads_per_replica,
         batching: Batching {
             max_batch_frames: engine.max_batch_frames,
@@ -253,4 +265,24 @@ fn describe(
         ready: false,
         queue_depth: 0,
     }
+}
+
+fn replica_placement(replica: usize, slot: &Slot, host: &Host) -> ReplicaPlacement {
+    ReplicaPlacement {
+        replica,
+        device: slot.device.to_string(),
+        neuron_core: slot.neuron_core.map(|core| core.id),
+        visible_cores: slot.neuron_core.map(|_| host.neuron_source.clone()),
+    }
+}
+
+/// Where the replicas run, for the start-up line: "neuron cores 4, 5", "cuda:0, cuda:1", "cpu".
+fn placement_summary(info: &ServeInfo) -> String {
+    let cores: Vec<String> = info.placement.iter().filter_map(|p| p.neuron_core).map(|c| c.to_string()).collect();
+    if !cores.is_empty() {
+        return format!("neuron core{} {}", if cores.len() > 1 { "s" } else { "" }, cores.join(", "));
+    }
+    let mut devices: Vec<&str> = info.placement.iter().map(|p| p.device.as_str()).collect();
+    devices.dedup();
+    devices.join(", ")
 }

@@ -81,7 +81,7 @@ pub fn run(args: ThroughputArgs) -> anyhow::Result<()> {
 fn measure(args: ThroughputArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.frames > 0 && args.batch_frames > 0, "--frames and --batch-frames must be positive");
     // As a server replica sets up its thread.
-    let threads = args.model.threads();
+    let threads = args.model.threads(1);
     tch::set_num_threads(threads as i32);
     let dir = &args.model.model;
     let model = Model::load(dir, &args.model.load_options(ImageLimits::DEFAULT))
