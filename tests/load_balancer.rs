@@ -152,9 +152,33 @@ fn a_worker_killed_behind_the_load_balancer_costs_no_request_and_the_pool_stays(
 }
 
 #[test]
-fn a_load_balancers_5xx_does_not_eject_the_pool() {
+fn a_workers_5xx_or_the_load_balancers_does_not_eject_the_pool() {
     let dir = tempfile::tempdir().unwrap();
-    let w1 = worker();
+    // A worker whose inference can be made to fail: its image encoder throws while `fail` exists
+    // (the test operator library's fail_if_exists, models/fixtures/custom_op.py).
+    let tiny = model_dir("tiny");
+    let built = op_fixtures(dir.path(), &["--faulty-model".as_ref(), tiny.as_os_str()]);
+    let flag = std::path::PathBuf::from(built["fail_flag"].as_str().unwrap());
+    let args: Vec<std::ffi::OsString> = [
+        "worker",
+        "--listen",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--threads",
+        "1",
+        "--replicas",
+        "1",
+        "--model",
+        built["faulty_model"].as_str().unwrap(),
+        "--op-library",
+        built["library"].as_str().unwrap(),
+    ]
+    .iter()
+    .map(Into::into)
+    .collect();
+    let w1 = Server::spawn(BIN, &args);
+    w1.wait_ready(Duration::from_secs(60));
     let lb = haproxy(dir.path(), &[&w1], 10_000);
     let gw = gateway(dir.path(), &lb, 100, &[]);
     let image = frame();
@@ -168,13 +192,19 @@ fn a_load_balancers_5xx_does_not_eject_the_pool() {
     };
     let failed = send("fail-1");
     assert_eq!(failed.status(), 500, "the load balancer's 500 is passed through");
+    std::fs::write(&flag, b"").unwrap();
+    let failed = send("worker-fails");
+    std::fs::remove_file(&flag).unwrap();
+    assert_eq!(failed.status(), 500, "the worker's 500 is passed through");
+    let body: serde_json::Value = failed.json().unwrap();
+    assert!(body["error"].as_str().unwrap().contains("injected inference failure"), "{body}");
     for i in 0..5 {
         assert_eq!(send(&format!("ok-{i}")).status(), 200, "request {i} after the 5xx");
     }
     assert_eq!(gateway_metric(&gw, "blipserve_upstream_ejections_total", &[("pool", "inf2")]), 0.0);
     assert_eq!(
         gateway_metric(&gw, "blipserve_upstream_requests_total", &[("pool", "inf2"), ("outcome", "server_error")]),
-        1.0
+        2.0
     );
 }
 
