@@ -122,6 +122,8 @@ fn sweep_starts_servers_and_writes_csv_json_and_a_chart() {
         &slo.to_string(),
         "--headroom",
         "0.6",
+        "--instance-type",
+        "inf2.xlarge",
     ]);
 
     // One row per combination, in sweep order, with sane values.
@@ -154,6 +156,13 @@ fn sweep_starts_servers_and_writes_csv_json_and_a_chart() {
             assert_eq!(target["unit"], "requests/s per instance");
             assert_eq!(target["metric"], "Requests");
             assert!(stdout.contains("scaling target:"), "{stdout}");
+            // The cost at capacity is the chosen row's, and the fleet at its target pays 1/0.6 of it.
+            let cost = &json["cost"];
+            let at_capacity = cost["usd_per_million_frames_at_capacity"].as_f64().unwrap();
+            assert!((at_capacity - chosen.f("usd_per_million_frames")).abs() < 1e-3 * at_capacity, "{cost}");
+            let at_target = cost["usd_per_million_frames_at_scaling_target"].as_f64().unwrap();
+            assert!((at_target - at_capacity / 0.6).abs() < 1e-9 * at_target, "{cost}");
+            assert!(stdout.contains("USD per million frames at capacity"), "{stdout}");
         }
         None => {
             assert!(json["capacity"].is_null() && json["scaling_target"].is_null(), "{json}");
@@ -161,8 +170,19 @@ fn sweep_starts_servers_and_writes_csv_json_and_a_chart() {
         }
     }
 
+    // Each row's cost per million frames is the instance's hourly price over the frames it
+    // answered in an hour, at that row's throughput.
+    let price = &json["price"];
+    assert!(price["source"].as_str().unwrap().starts_with("inf2.xlarge, "), "{price}");
+    let usd_per_hour = price["usd_per_hour"].as_f64().unwrap();
+    for r in &rows {
+        let expected = usd_per_hour / (r.f("throughput_per_s") * 3600.0) * 1e6;
+        assert!((r.f("usd_per_million_frames") - expected).abs() <= 1e-3 * expected + 1e-4, "{:?}", r.0);
+    }
+
     // The chart is well-formed SVG with one group of two bars per combination.
     let svg = std::fs::read_to_string(dir.path().join("sweep.svg")).unwrap();
+    assert_eq!(svg.contains("USD per million frames"), !json["cost"].is_null());
     let doc = roxmltree::Document::parse(&svg).expect("well-formed SVG");
     assert_eq!(doc.root_element().tag_name().name(), "svg");
     let groups: Vec<_> =

@@ -10,10 +10,10 @@ use super::sweep::{Point, SweepReport};
 
 const WIDTH_MIN: f64 = 720.0;
 const SLOT_MIN: f64 = 56.0;
-const HEIGHT: f64 = 480.0;
+const HEIGHT: f64 = 496.0;
 const LEFT: f64 = 72.0;
 const RIGHT: f64 = 80.0;
-const TOP: f64 = 92.0;
+const TOP: f64 = 108.0;
 const BOTTOM: f64 = 84.0;
 
 const P50_COLOUR: &str = "#4e79a7";
@@ -102,15 +102,24 @@ fn header(s: &mut String, report: &SweepReport, title: &str, g: &Geometry) {
     );
     let _ = writeln!(s, r#"<rect width="100%" height="100%" fill="white"/>"#);
     let _ = writeln!(s, r#"<text x="{x0}" y="22" font-size="15" font-weight="bold">{}</text>"#, escape(title));
-    for (line, y) in summary(report).iter().zip([42.0, 58.0]) {
+    for (line, y) in summary(report).iter().zip([42.0, 58.0, 74.0]) {
         let _ = writeln!(s, r#"<text x="{x0}" y="{y}">{}</text>"#, escape(line));
     }
-    legend(s, x0, 76.0);
+    legend(s, x0, 92.0);
 }
 
-/// The two summary lines under the title: the sustainable capacity and the scaling target, or
-/// that there is none.
-fn summary(report: &SweepReport) -> [String; 2] {
+/// The summary lines under the title: the sustainable capacity, the scaling target and, with a
+/// price, what a million frames cost; or that there is no capacity.
+fn summary(report: &SweepReport) -> [String; 3] {
+    let cost = report.cost.as_ref().map_or(String::new(), |c| {
+        format!(
+            "cost: {:.2} USD per million frames at capacity, {:.2} at the scaling target ({} USD/h: {})",
+            c.usd_per_million_frames_at_capacity,
+            c.usd_per_million_frames_at_scaling_target,
+            c.usd_per_hour,
+            c.price_source
+        )
+    });
     match (&report.capacity, &report.scaling_target) {
         (Some(c), Some(t)) => [
             format!(
@@ -121,12 +130,14 @@ fn summary(report: &SweepReport) -> [String; 2] {
                 number(report.slo_p99_ms, 1.0)
             ),
             format!("scaling target: {:.1} {} (capacity × headroom {})", t.value, t.unit, report.headroom),
+            cost,
         ],
         _ => [
             format!(
                 "no point kept p99 ≤ {} ms without errors: no sustainable capacity",
                 number(report.slo_p99_ms, 1.0)
             ),
+            String::new(),
             String::new(),
         ],
     }

@@ -10,6 +10,7 @@
 //! sustainable capacity and the scaling target, and [`chart`] draws the result.
 
 pub mod chart;
+pub mod cost;
 pub mod local_server;
 pub mod sweep;
 

@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use super::cost::{Cost, Price};
 use super::local_server::LocalServer;
 use super::{run, Load, Plan, Report};
 
@@ -38,6 +39,8 @@ pub struct SweepPlan {
     pub warmup_requests: usize,
     pub slo_p99_ms: f64,
     pub headroom: f64,
+    /// The instance's hourly price, for the cost per million frames.
+    pub price: Option<Price>,
 }
 
 /// Path of the detect endpoint under a server's base URL.
@@ -90,6 +93,10 @@ pub struct SweepReport {
     /// The best point of each replica count that has one (for a fleet whose replica count is
     /// fixed by its hardware).
     pub capacity_by_replicas: Vec<Capacity>,
+    /// The instance's hourly price, when given.
+    pub price: Option<Price>,
+    /// What a million frames cost at the capacity and at the scaling target, with a price.
+    pub cost: Option<Cost>,
 }
 
 pub const SCALING_UNIT: &str = "requests/s per instance";
@@ -183,6 +190,11 @@ pub async fn sweep(
         unit: SCALING_UNIT,
         metric: SCALING_METRIC,
     });
+    let cost = plan
+        .price
+        .as_ref()
+        .zip(capacity.as_ref())
+        .and_then(|(price, c)| Cost::new(price, c.requests_per_s, plan.headroom));
     Ok(SweepReport {
         slo_p99_ms: plan.slo_p99_ms,
         headroom: plan.headroom,
@@ -193,6 +205,8 @@ pub async fn sweep(
         capacity,
         scaling_target,
         capacity_by_replicas,
+        price: plan.price,
+        cost,
     })
 }
 
@@ -225,9 +239,11 @@ async fn measure(
 
 impl SweepReport {
     pub const CSV_HEADER: &'static str = "label,replicas,concurrency,requests,ok,errors,errors_by_status,elapsed_s,\
-                                          throughput_per_s,p50_ms,p90_ms,p99_ms,max_ms,mean_ms,meets_slo";
+                                          throughput_per_s,p50_ms,p90_ms,p99_ms,max_ms,mean_ms,meets_slo,\
+                                          usd_per_million_frames";
 
-    /// One row per point, in sweep order, with a header.
+    /// One row per point, in sweep order, with a header. The cost column is empty without a
+    /// price.
     pub fn csv(&self) -> String {
         let mut out = format!("{}\n", Self::CSV_HEADER);
         for p in &self.points {
@@ -235,8 +251,9 @@ impl SweepReport {
             let l = &r.latency_ms;
             // `status:count` pairs joined by ';' so the field needs no quoting.
             let by_status = r.errors.iter().map(|(s, n)| format!("{s}:{n}")).collect::<Vec<_>>().join(";");
+            let cost = self.price.as_ref().and_then(|price| price.per_million_frames(r.throughput_per_s));
             out.push_str(&format!(
-                "{},{},{},{},{},{},{},{:.3},{:.3},{:.3},{:.3},{:.3},{:.3},{:.3},{}\n",
+                "{},{},{},{},{},{},{},{:.3},{:.3},{:.3},{:.3},{:.3},{:.3},{:.3},{},{}\n",
                 p.label,
                 p.replicas.map(|r| r.to_string()).unwrap_or_default(),
                 p.concurrency,
@@ -251,7 +268,8 @@ impl SweepReport {
                 l.p99,
                 l.max,
                 l.mean,
-                p.meets_slo
+                p.meets_slo,
+                cost.map(|c| format!("{c:.4}")).unwrap_or_default()
             ));
         }
         out
@@ -292,6 +310,8 @@ pub(crate) mod tests {
             points,
             scaling_target: None,
             capacity_by_replicas: Vec::new(),
+            price: None,
+            cost: None,
         }
     }
 
@@ -320,6 +340,11 @@ pub(crate) mod tests {
         assert!(lines.iter().all(|l| l.split(',').count() == columns), "{csv}");
         assert!(lines[1].starts_with("1-2,1,2,100,100,0,,"), "{}", lines[1]);
         assert!(lines[2].starts_with("8,,8,100,93,7,429:7,"), "{}", lines[2]);
-        assert!(lines[2].ends_with(",false"));
+        assert!(lines[2].ends_with(",false,"), "no price, no cost: {}", lines[2]);
+
+        let priced = SweepReport { price: Some(Price::given(0.72).unwrap()), ..report };
+        let csv = priced.csv();
+        // 30 frames/s: a million frames take 9.26 h at 0.72 USD/h = 6.6667 USD.
+        assert!(csv.lines().nth(1).unwrap().ends_with(",true,6.6667"), "{csv}");
     }
 }

@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, Subcommand};
 
+use crate::loadtest::cost::Price;
 use crate::loadtest::sweep::{self, Event, SweepPlan, SweepReport, Target};
 use crate::loadtest::{self, chart, Load, Plan, Report};
 
@@ -159,6 +160,16 @@ struct SweepArgs {
     #[arg(long, default_value_t = 0.7)]
     headroom: f64,
 
+    /// The instance's price in USD per hour, for the cost per million frames (one server of the
+    /// sweep is one instance)
+    #[arg(long, conflicts_with = "instance_type")]
+    hourly_price: Option<f64>,
+
+    /// Take the hourly price from the built-in table (AWS on-demand, us-east-1, dated: see
+    /// docs/load-testing.md) for this instance type, e.g. inf2.xlarge or g6.xlarge
+    #[arg(long)]
+    instance_type: Option<String>,
+
     /// Folder for sweep.csv, sweep.json and sweep.svg (created if missing)
     #[arg(long, default_value = "target/sweep")]
     out: PathBuf,
@@ -237,6 +248,11 @@ fn run_sweep(args: SweepArgs) -> anyhow::Result<()> {
     };
     let point = args.traffic.plan(String::new(), Load::Closed { concurrency: 1 }, args.requests, args.duration_s)?;
     let title = args.title.clone().unwrap_or_else(|| format!("blipserve capacity sweep: {what}"));
+    let price = match (args.hourly_price, &args.instance_type) {
+        (Some(usd), _) => Some(Price::given(usd)?),
+        (None, Some(instance_type)) => Some(Price::of_instance(instance_type)?),
+        (None, None) => None,
+    };
     let plan = SweepPlan {
         target,
         concurrency,
@@ -244,6 +260,7 @@ fn run_sweep(args: SweepArgs) -> anyhow::Result<()> {
         warmup_requests: args.warmup,
         slo_p99_ms: args.slo_p99_ms,
         headroom: args.headroom,
+        price,
     };
     std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
 
@@ -340,6 +357,15 @@ fn print_capacity(report: &SweepReport) {
         "scaling target: {:.1} {} (= {:.1} × headroom {}; CloudWatch metric {} per second per in-service instance)",
         t.value, t.unit, c.requests_per_s, report.headroom, t.metric
     );
+    if let Some(cost) = &report.cost {
+        println!(
+            "cost: {:.4} USD per million frames at capacity, {:.4} at the scaling target ({} USD/h: {})",
+            cost.usd_per_million_frames_at_capacity,
+            cost.usd_per_million_frames_at_scaling_target,
+            cost.usd_per_hour,
+            cost.price_source
+        );
+    }
 }
 
 fn row<S: AsRef<str>>(cells: [S; 8]) -> String {
