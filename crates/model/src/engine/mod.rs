@@ -66,6 +66,8 @@ pub struct EngineConfig {
     pub slots: Vec<Slot>,
     pub threads_per_replica: usize,
     pub max_batch_frames: usize,
+    /// Most questions a frame may carry: with `max_batch_frames`, the warm-up's batch shape.
+    pub max_questions: usize,
     pub max_wait: Duration,
     pub queue_capacity: usize,
     /// Failed batches in a row after which inference counts as failing.

@@ -12,7 +12,7 @@ use tokio::sync::oneshot;
 
 use super::health::InferenceHealth;
 use super::{EngineConfig, EngineError, EngineMetrics, Job, JobResult};
-use crate::model::{FrameQuestions, Model};
+use crate::model::{FrameQuestions, LoadError, Model};
 
 /// Where the first load failure, or "all loaded", is reported.
 pub(super) type LoadedSender = oneshot::Sender<Result<(), String>>;
@@ -75,7 +75,11 @@ pub(super) fn spawn(
             // Intra-op threads are per OS thread in libtorch's OpenMP pool.
             tch::set_num_threads(config.threads_per_replica.max(1) as i32);
             let load = config.load.placed(config.slots[id]);
-            let loaded = catch_unwind(AssertUnwindSafe(|| Model::load(&config.model_dir, &load)));
+            let loaded = catch_unwind(AssertUnwindSafe(|| {
+                let model = Model::load(&config.model_dir, &load)?;
+                model.warm_up(config.max_batch_frames, config.max_questions).map_err(LoadError::SelfCheck)?;
+                Ok::<_, LoadError>(model)
+            }));
             let mut model = match loaded {
                 Ok(Ok(model)) => model,
                 Ok(Err(e)) => {

@@ -172,6 +172,25 @@ impl Model {
         self.answer(&frame, AnswerMode::Generate { max_new_tokens: 1 })?;
         Ok(())
     }
+
+    /// Runs the largest batch this replica will be given, `frames` frames of `questions` questions
+    /// each, so that the first real one finds libtorch's allocations and the TorchScript
+    /// executor's optimised graphs for that shape ready rather than paying for them.
+    pub fn warm_up(&self, frames: usize, questions: usize) -> Result<(), InferenceError> {
+        let (h, w) = self.shapes.image_size;
+        let blank = RgbImage { width: w as u32, height: h as u32, data: vec![128; h * w * 3] };
+        let pixels = self.preprocessor.normalize(&blank);
+        let questions = blipserve_api::DEFAULT_QUESTIONS
+            .iter()
+            .cycle()
+            .take(questions.max(1))
+            .map(|q| self.tokenizer.encode(q).map_err(InferenceError::SelfCheck))
+            .collect::<Result<Vec<_>, _>>()?;
+        let batch: Vec<FrameQuestions> =
+            (0..frames.max(1)).map(|_| FrameQuestions { pixels: &pixels, questions: &questions }).collect();
+        self.answer(&batch, AnswerMode::YesNo)?;
+        Ok(())
+    }
 }
 
 fn check_files(dir: &Path) -> Result<(), LoadError> {

@@ -133,6 +133,7 @@ pub fn run(args: ServeArgs, role: Role) -> anyhow::Result<()> {
         slots,
         threads_per_replica: threads,
         max_batch_frames: args.max_batch_frames.max(1),
+        max_questions: limits.max_questions,
         max_wait: Duration::from_micros(args.max_wait_us),
         queue_capacity: args.queue_capacity.max(1),
         unhealthy_after_failed_batches: args.unhealthy_after_failed_batches,
