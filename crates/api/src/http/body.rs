@@ -27,12 +27,23 @@ pub fn deadline(headers: &HeaderMap, started: Instant, timeout: Duration) -> Ins
     started + asked.map_or(timeout, |asked| asked.min(timeout))
 }
 
+/// How long the rest of a body is still read after the deadline passed, before the 504.
+const DRAIN_AFTER_DEADLINE: Duration = Duration::from_secs(1);
+
 /// Reads the whole body, bounded in size by `limit` and in time by `deadline`, before anything is
 /// refused: a client still sending when the server answers and closes would see a broken
-/// connection instead of the answer. The outer error is the deadline; the inner one is the
-/// body's, for the caller to report after authorising the request.
+/// connection instead of the answer. So past the deadline the rest is still read for a moment
+/// ([`DRAIN_AFTER_DEADLINE`]) before the 504. The outer error is the deadline; the inner one is
+/// the body's, for the caller to report after authorising the request.
 pub async fn read_before(body: Body, limit: usize, deadline: Instant) -> Result<Result<Bytes, ApiError>, ApiError> {
-    tokio::time::timeout_at(deadline.into(), read_limited(body, limit)).await.map_err(|_| ApiError::DeadlineExceeded)
+    let mut reading = Box::pin(read_limited(body, limit));
+    match tokio::time::timeout_at(deadline.into(), &mut reading).await {
+        Ok(read) => Ok(read),
+        Err(_) => {
+            let _ = tokio::time::timeout(DRAIN_AFTER_DEADLINE, reading).await;
+            Err(ApiError::DeadlineExceeded)
+        }
+    }
 }
 
 /// Parses a body already read: multipart/form-data or JSON, by the content type.
