@@ -109,6 +109,33 @@ fn jpeg_header_claiming_60000_by_60000() {
     assert!(matches!(err, ImageError::TooLarge { width: 60_000, height: 60_000, .. }), "{err}");
 }
 
+/// A 1×1 palette PNG with the given PLTE chunk, its one pixel palette index 0.
+fn palette_png(plte: &[u8]) -> Vec<u8> {
+    use blipserve_testkit::frames::png_chunk;
+    let mut bytes = b"\x89PNG\r\n\x1a\n".to_vec();
+    bytes.extend(png_chunk(b"IHDR", &[0, 0, 0, 1, 0, 0, 0, 1, 8, 3, 0, 0, 0]));
+    bytes.extend(png_chunk(b"PLTE", plte));
+    // One row, filter 0 and index 0, in a stored zlib block.
+    bytes.extend(png_chunk(b"IDAT", &[0x78, 0x01, 0x01, 0x02, 0x00, 0xFD, 0xFF, 0x00, 0x00, 0x00, 0x02, 0x00, 0x01]));
+    bytes.extend(png_chunk(b"IEND", &[]));
+    bytes
+}
+
+#[test]
+fn png_palette_of_a_partial_entry() {
+    // Found by the `decode` fuzz target (fuzz/regressions/decode/): the png crate panics expanding
+    // a PLTE chunk that is not a whole number of RGB entries; it must be refused like any corrupt file.
+    let img = decode(&palette_png(&[10, 20, 30]), &ImageLimits::default()).expect("a whole entry decodes");
+    assert_eq!((img.width, img.height, img.data), (1, 1, vec![10, 20, 30]));
+    for plte in [&[10, 20, 30, 40][..], &[10, 20, 30, 40, 50]] {
+        let err = refused(&palette_png(plte));
+        assert!(
+            matches!(&err, ImageError::Corrupt { format: ImageFormat::Png, message } if message.contains("PLTE")),
+            "{err}"
+        );
+    }
+}
+
 #[test]
 fn unsupported_formats() {
     assert_eq!(refused(b"II*\0\x08\0\0\0rest of a tiff"), ImageError::UnsupportedFormat("TIFF".into()));

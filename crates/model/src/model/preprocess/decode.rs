@@ -48,6 +48,9 @@ fn decode_with_image_crate(bytes: &[u8], format: ImageFormat, limits: &ImageLimi
     // The header alone first: its claimed size is checked before anything is allocated for it.
     let (w, h) = image_crate_dimensions(bytes, &format)?;
     check_limits(w as u64, h as u64, limits)?;
+    if format == ImageFormat::Png {
+        check_png_palette(bytes)?;
+    }
 
     let mut crate_limits = image::Limits::default();
     crate_limits.max_image_width = Some(limits.max_width);
@@ -59,6 +62,31 @@ fn decode_with_image_crate(bytes: &[u8], format: ImageFormat, limits: &ImageLimi
     let decoded = reader.decode().map_err(corrupt)?;
     let rgb = to_rgb_like_pil(decoded);
     Ok(RgbImage { width: rgb.width(), height: rgb.height(), data: rgb.into_raw() })
+}
+
+/// A PNG's palette (PLTE) must be 1 to 256 entries of 3 bytes. The png crate (0.18.1) checks the
+/// range but not that the length is a whole number of entries, and then panics expanding the
+/// palette (found by the `decode` fuzz target; image-rs/image-png#694): such a file is refused
+/// here as corrupt. Walks the chunks' headers only.
+fn check_png_palette(bytes: &[u8]) -> Result<(), ImageError> {
+    let mut rest = bytes.get(8..).unwrap_or_default();
+    while let [l0, l1, l2, l3, k0, k1, k2, k3, ..] = *rest {
+        let len = u32::from_be_bytes([l0, l1, l2, l3]) as usize;
+        match &[k0, k1, k2, k3] {
+            b"PLTE" if !len.is_multiple_of(3) || !(3..=768).contains(&len) => {
+                return Err(ImageError::Corrupt {
+                    format: ImageFormat::Png,
+                    message: format!("a PLTE chunk of {len} bytes: a palette is 1 to 256 entries of 3 bytes"),
+                });
+            }
+            b"IEND" => break,
+            _ => {}
+        }
+        // Length, type, data and CRC; a truncated chunk is the decoder's to report.
+        let Some(next) = len.checked_add(12).and_then(|end| rest.get(end..)) else { break };
+        rest = next;
+    }
+    Ok(())
 }
 
 /// PIL reads 16-bit RGB(A) PNGs by keeping each sample's high byte; the image crate would round.
