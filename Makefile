@@ -89,6 +89,14 @@ deploy-lint:
 deploy:
 	@ENV='$(ENV)' DRY_RUN='$(DRY_RUN)' bash scripts/deploy.sh
 
+# Coverage-guided fuzzing of every parser of untrusted bytes (fuzz/README.md; nightly, cargo-fuzz):
+# each target for FUZZ_SECONDS (FUZZ_TARGETS: some of them), one at a time, then execs, coverage
+# and corpus per target. Fails on a crash, a hang or an out-of-memory. `make test` replays the corpus.
+FUZZ_SECONDS ?= 300
+.PHONY: fuzz
+fuzz: models
+	@FUZZ_SECONDS='$(FUZZ_SECONDS)' FUZZ_TARGETS='$(FUZZ_TARGETS)' bash scripts/fuzz.sh
+
 # Replicas × client concurrency on the tiny model (about two minutes here): the chart, CSV and
 # JSON go to $(SWEEP_OUT), the capacity and scaling target to the terminal.
 SWEEP_OUT ?= target/sweep

@@ -13,6 +13,8 @@ pub mod behaviors;
 pub mod cloudwatch;
 pub mod detect;
 pub mod frame;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod gateway;
 pub mod http;
 pub mod info;

@@ -11,6 +11,8 @@
 
 pub mod device;
 pub mod engine;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod http;
 pub mod infer;
 pub mod model;

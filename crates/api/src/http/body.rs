@@ -108,7 +108,7 @@ pub async fn read_limited(body: Body, limit: usize) -> Result<Bytes, ApiError> {
 }
 
 /// Standard base64, padding optional, a `data:...;base64,` prefix allowed.
-fn decode_base64(text: &str) -> Result<Vec<u8>, ApiError> {
+pub(crate) fn decode_base64(text: &str) -> Result<Vec<u8>, ApiError> {
     let payload = match text.split_once(";base64,") {
         Some((prefix, rest)) if prefix.starts_with("data:") => rest,
         _ => text,

@@ -115,23 +115,35 @@ impl Manifest {
             .map_err(|e| LoadError::Manifest(format!("cannot read {}: {e}", path.display())))?;
         let manifest: Manifest = serde_json::from_str(&text)
             .map_err(|e| LoadError::Manifest(format!("{} is not a valid manifest: {e}", path.display())))?;
-        if manifest.format != SUPPORTED_FORMAT {
+        manifest.checked()
+    }
+
+    /// A manifest from its JSON text, checked as [`Manifest::read`] checks the file.
+    pub fn from_json(text: &str) -> Result<Manifest, LoadError> {
+        let manifest: Manifest =
+            serde_json::from_str(text).map_err(|e| LoadError::Manifest(format!("not a valid manifest: {e}")))?;
+        manifest.checked()
+    }
+
+    /// The format and the preprocessing the reader supports.
+    fn checked(self) -> Result<Manifest, LoadError> {
+        if self.format != SUPPORTED_FORMAT {
             return Err(LoadError::Manifest(format!(
                 "manifest format {} is not supported (this build reads format {SUPPORTED_FORMAT}): export the \
                  model directory again with models/export.py",
-                manifest.format
+                self.format
             )));
         }
-        if manifest.preprocess.resample != "bicubic" {
+        if self.preprocess.resample != "bicubic" {
             return Err(LoadError::Manifest(format!(
                 "preprocess.resample {:?} is not supported (bicubic only)",
-                manifest.preprocess.resample
+                self.preprocess.resample
             )));
         }
-        if manifest.preprocess.std.iter().any(|s| *s <= 0.0) || manifest.preprocess.rescale <= 0.0 {
+        if self.preprocess.std.iter().any(|s| *s <= 0.0) || self.preprocess.rescale <= 0.0 {
             return Err(LoadError::Manifest("preprocess.std and rescale must be positive".into()));
         }
-        Ok(manifest)
+        Ok(self)
     }
 
     /// The tensor kind of the floating-point inputs and outputs.
