@@ -33,6 +33,10 @@ pub struct Infer {
     preprocessor: Preprocessor,
     /// Frames being decoded at once (decoding an 8K frame takes ~100 MB).
     preprocess_permits: Arc<Semaphore>,
+    /// Frames admitted and not yet answered: waiting to be decoded, decoded and queued, or in a
+    /// batch. None left: 429 at once, so that a request is refused before it waits rather than
+    /// after its deadline.
+    admitted: Arc<Semaphore>,
     engine: Engine,
     behaviors: Catalogue,
     limits: RequestLimits,
@@ -53,6 +57,8 @@ pub struct Parts {
     pub max_new_tokens: usize,
     /// Frames decoded at once.
     pub preprocess_permits: usize,
+    /// Frames admitted at once: the queue's capacity and what the replicas' batches hold.
+    pub admission: usize,
 }
 
 impl Infer {
@@ -67,6 +73,7 @@ impl Infer {
             tokenizer: parts.tokenizer,
             preprocessor: parts.preprocessor,
             preprocess_permits: Arc::new(Semaphore::new(parts.preprocess_permits.max(1))),
+            admitted: Arc::new(Semaphore::new(parts.admission.max(1))),
             engine: parts.engine,
             behaviors: parts.behaviors,
             limits: parts.limits,
@@ -107,8 +114,9 @@ impl Infer {
     }
 
     /// Answers a checked request before `deadline`: tokenise (the model's token limit), refuse
-    /// at once when the queue is full, decode and preprocess off the runtime, queue, wait, and
-    /// apply the behaviours' thresholds. `started` is when the request arrived.
+    /// at once when as many frames as the queue and the batches hold are already admitted,
+    /// decode and preprocess off the runtime, queue, wait, and apply the behaviours' thresholds.
+    /// `started` is when the request arrived.
     pub async fn detect(&self, checked: Checked, started: Instant, deadline: Instant) -> Result<Detection, ApiError> {
         self.check_ready()?;
         let mode = match checked.mode {
@@ -122,10 +130,12 @@ impl Infer {
                 self.tokenizer.encode(&a.text).map_err(|source| ApiError::Question { question: a.text.clone(), source })
             })
             .collect::<Result<Vec<_>, _>>()?;
-        // Refuse before paying for decoding when the queue is already full.
+        // Refuse before paying for decoding, and before waiting: frames waiting to be decoded
+        // count as queued, or an overload would turn into 504s at the deadline.
         if self.engine.queue_is_full() {
             return Err(ApiError::Overloaded);
         }
+        let _admitted = self.admitted.clone().try_acquire_owned().map_err(|_| ApiError::Overloaded)?;
 
         let permit = tokio::time::timeout_at(deadline.into(), self.preprocess_permits.clone().acquire_owned())
             .await

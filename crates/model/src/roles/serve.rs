@@ -139,6 +139,8 @@ pub fn run(args: ServeArgs, role: Role) -> anyhow::Result<()> {
         unhealthy_after_failed_batches: args.unhealthy_after_failed_batches,
     };
 
+    let admission = engine_config.queue_capacity + replicas * engine_config.max_batch_frames;
+
     // What the facade needs of the model before the replicas load it.
     let manifest = Manifest::read(&model_dir).with_context(|| format!("model {}", model_dir.display()))?;
     manifest.shapes()?;
@@ -175,6 +177,7 @@ pub fn run(args: ServeArgs, role: Role) -> anyhow::Result<()> {
             limits,
             max_new_tokens: manifest.generate.max_length - 1,
             preprocess_permits: 2 * cores(),
+            admission,
         };
         let connections = (args.connections.limits(), ConnectionMetrics::new(&registry));
         let state = Arc::new(AppState {
