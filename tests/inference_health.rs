@@ -22,33 +22,7 @@ fn ready(server: &Server) -> (u16, Value) {
 #[test]
 fn failing_batches_turn_ready_503_until_a_self_check_passes() {
     let dir = tempfile::tempdir().unwrap();
-    let tiny = model_dir("tiny");
-    let built = op_fixtures(dir.path(), &["--faulty-model".as_ref(), tiny.as_os_str()]);
-    let (library, model, flag) = (
-        built["library"].as_str().unwrap(),
-        built["faulty_model"].as_str().unwrap(),
-        std::path::PathBuf::from(built["fail_flag"].as_str().unwrap()),
-    );
-    let args: Vec<std::ffi::OsString> = [
-        "worker",
-        "--listen",
-        "127.0.0.1",
-        "--port",
-        "0",
-        "--model",
-        model,
-        "--op-library",
-        library,
-        "--replicas",
-        "1",
-        "--unhealthy-after-failed-batches",
-        "2",
-    ]
-    .iter()
-    .map(Into::into)
-    .collect();
-    let server = Server::spawn(BIN, &args);
-    server.wait_ready(Duration::from_secs(60));
+    let (server, flag) = faulty_worker(BIN, dir.path(), &["--unhealthy-after-failed-batches", "2"]);
     let image = jpeg(&synthetic_frame(320, 240, 9), 90, Subsamp::Sub2x2);
     assert_eq!(detect_status(&server, &image), 200);
     assert_eq!(server.metric("blipserve_inference_failing"), 0.0);

@@ -156,29 +156,7 @@ fn a_workers_5xx_or_the_load_balancers_does_not_eject_the_pool() {
     let dir = tempfile::tempdir().unwrap();
     // A worker whose inference can be made to fail: its image encoder throws while `fail` exists
     // (the test operator library's fail_if_exists, models/fixtures/custom_op.py).
-    let tiny = model_dir("tiny");
-    let built = op_fixtures(dir.path(), &["--faulty-model".as_ref(), tiny.as_os_str()]);
-    let flag = std::path::PathBuf::from(built["fail_flag"].as_str().unwrap());
-    let args: Vec<std::ffi::OsString> = [
-        "worker",
-        "--listen",
-        "127.0.0.1",
-        "--port",
-        "0",
-        "--threads",
-        "1",
-        "--replicas",
-        "1",
-        "--model",
-        built["faulty_model"].as_str().unwrap(),
-        "--op-library",
-        built["library"].as_str().unwrap(),
-    ]
-    .iter()
-    .map(Into::into)
-    .collect();
-    let w1 = Server::spawn(BIN, &args);
-    w1.wait_ready(Duration::from_secs(60));
+    let (w1, flag) = faulty_worker(BIN, dir.path(), &["--threads", "1"]);
     let lb = haproxy(dir.path(), &[&w1], 10_000);
     let gw = gateway(dir.path(), &lb, 100, &[]);
     let image = frame();

@@ -27,7 +27,7 @@ pub use forms::detect_form;
 pub use frames::{grey_jpeg, grey_png, jpeg, png, png_claiming, rgb_png, rgba_png, synthetic_frame, Frame, Subsamp};
 pub use paths::{blipserve_exe, model_dir, op_fixtures, python, repo, run_python, write};
 pub use poll::{eventually, eventually_every};
-pub use server::{client, Server};
+pub use server::{client, faulty_worker, Server};
 
 /// Says, on the test process's own stderr, that a test (or a part of one) cannot run on this
 /// host and why, as `SKIPPED: <reason>`; the caller then returns. The line bypasses libtest's

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::metrics;
-use crate::paths::model_dir;
+use crate::paths::{model_dir, op_fixtures};
 use crate::poll::{eventually, eventually_every};
 
 pub struct Server {
@@ -174,6 +174,23 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A ready worker (`--replicas 1`, then `extra`) whose inference fails while a flag file exists:
+/// the copy of the tiny model that models/fixtures/custom_op.py `--faulty-model` builds into
+/// `dir`, its image encoder calling the test operator library's `fail_if_exists`. Returns the
+/// worker and the flag's path.
+pub fn faulty_worker(exe: impl AsRef<Path>, dir: &Path, extra: &[&str]) -> (Server, std::path::PathBuf) {
+    let tiny = model_dir("tiny");
+    let built = op_fixtures(dir, &["--faulty-model".as_ref(), tiny.as_os_str()]);
+    let field = |name: &str| built[name].as_str().unwrap_or_else(|| panic!("{name} in {built}")).to_string();
+    let mut args: Vec<OsString> =
+        ["worker", "--listen", "127.0.0.1", "--port", "0", "--replicas", "1"].iter().map(Into::into).collect();
+    args.extend(["--model".into(), field("faulty_model").into(), "--op-library".into(), field("library").into()]);
+    args.extend(extra.iter().map(OsString::from));
+    let server = Server::spawn(exe, &args);
+    server.wait_ready(Duration::from_secs(60));
+    (server, field("fail_flag").into())
 }
 
 /// `ROLE --listen 127.0.0.1 --port PORT --model models/MODEL EXTRA…`.
