@@ -2,6 +2,8 @@
 #   make run    set up, build, export the tiny model, serve it on 127.0.0.1:8080
 #   make test   set up, then every test and lint
 #   make sweep  the capacity sweep on the tiny model: chart, CSV and JSON in target/sweep
+#   make soak   30 minutes of two tiers at 70 % of capacity, sampled: CSV and chart in target/soak
+#   make overload  70 %, 3× and 70 % of capacity through the gateway: statuses and accounting
 #   make bench  blipserve against plain transformers on the base-size random model (a few minutes)
 #   make docs   regenerate the settings reference in docs/configuration.md
 SHELL := /bin/bash
@@ -96,6 +98,25 @@ FUZZ_SECONDS ?= 300
 .PHONY: fuzz
 fuzz: models
 	@FUZZ_SECONDS='$(FUZZ_SECONDS)' FUZZ_TARGETS='$(FUZZ_TARGETS)' bash scripts/fuzz.sh
+
+# Two workers and a gateway (tiny model) at 70 % of their measured capacity for SOAK_SECONDS, a tenth
+# of the requests invalid: memory, fds, threads and /metrics series of every process sampled, CSV,
+# JSON and chart in $(SOAK_OUT); fails on growth after the warm-up or any failed valid request
+# (docs/reliability.md). `make test` runs a short one.
+SOAK_SECONDS ?= 1800
+SOAK_OUT ?= target/soak
+.PHONY: soak overload
+soak: build models
+	./target/release/blipserve loadtest soak --model $(TINY) --image $(SAMPLE) --duration-s $(SOAK_SECONDS) \
+	  --out $(SOAK_OUT)
+
+# The same two tiers at 70 %, 3× and 70 % of their capacity, OVERLOAD_SECONDS a phase: refusals
+# only with Retry-After, every request accounted for; JSON in $(OVERLOAD_OUT).
+OVERLOAD_SECONDS ?= 30
+OVERLOAD_OUT ?= target/overload
+overload: build models
+	./target/release/blipserve loadtest overload --model $(TINY) --image $(SAMPLE) --phase-s $(OVERLOAD_SECONDS) \
+	  --out $(OVERLOAD_OUT)
 
 # Replicas × client concurrency on the tiny model (about two minutes here): the chart, CSV and
 # JSON go to $(SWEEP_OUT), the capacity and scaling target to the terminal.

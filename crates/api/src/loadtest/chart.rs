@@ -95,17 +95,8 @@ impl Geometry {
 
 /// Draws the opening tag, the background, the title, the summary lines and the legend.
 fn header(s: &mut String, report: &SweepReport, title: &str, g: &Geometry) {
-    let (width, x0) = (g.width, g.x0);
-    let _ = writeln!(
-        s,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width:.0}" height="{HEIGHT:.0}" viewBox="0 0 {width:.0} {HEIGHT:.0}" font-family="DejaVu Sans, Helvetica, Arial, sans-serif" font-size="12">"#
-    );
-    let _ = writeln!(s, r#"<rect width="100%" height="100%" fill="white"/>"#);
-    let _ = writeln!(s, r#"<text x="{x0}" y="22" font-size="15" font-weight="bold">{}</text>"#, escape(title));
-    for (line, y) in summary(report).iter().zip([42.0, 58.0, 74.0]) {
-        let _ = writeln!(s, r#"<text x="{x0}" y="{y}">{}</text>"#, escape(line));
-    }
-    legend(s, x0, 92.0);
+    open(s, (g.width, HEIGHT), g.x0, title, &summary(report));
+    legend(s, g.x0, 92.0);
 }
 
 /// The summary lines under the title: the sustainable capacity, the scaling target and, with a
@@ -385,9 +376,24 @@ fn legend(s: &mut String, x: f64, y: f64) {
     let _ = writeln!(s, r#"<text x="{:.1}" y="{y}">p99 objective</text>"#, x + 24.0);
 }
 
+/// The `<svg>` element of `size` on a white ground, the title in bold at `x0` and up to three
+/// summary lines under it.
+pub(super) fn open(s: &mut String, size: (f64, f64), x0: f64, title: &str, summary: &[String]) {
+    let (width, height) = size;
+    let _ = writeln!(
+        s,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width:.0}" height="{height:.0}" viewBox="0 0 {width:.0} {height:.0}" font-family="DejaVu Sans, Helvetica, Arial, sans-serif" font-size="12">"#
+    );
+    let _ = writeln!(s, r#"<rect width="100%" height="100%" fill="white"/>"#);
+    let _ = writeln!(s, r#"<text x="{x0}" y="22" font-size="15" font-weight="bold">{}</text>"#, escape(title));
+    for (line, y) in summary.iter().zip([42.0, 58.0, 74.0]) {
+        let _ = writeln!(s, r#"<text x="{x0}" y="{y}">{}</text>"#, escape(line));
+    }
+}
+
 /// A rounded axis maximum at or above `top` and a step of 1, 2 or 5 × 10^k giving about five
 /// ticks.
-fn axis(top: f64) -> (f64, f64) {
+pub(super) fn axis(top: f64) -> (f64, f64) {
     let top = if top.is_finite() && top > 0.0 { top * 1.05 } else { 1.0 };
     let raw = top / 5.0;
     let magnitude = 10f64.powf(raw.log10().floor());
@@ -396,12 +402,12 @@ fn axis(top: f64) -> (f64, f64) {
 }
 
 /// A tick label with as many decimals as the step needs.
-fn number(value: f64, step: f64) -> String {
+pub(super) fn number(value: f64, step: f64) -> String {
     let decimals = if step >= 1.0 { 0 } else { (-step.log10().floor()) as usize };
     format!("{value:.decimals$}")
 }
 
-fn escape(text: &str) -> String {
+pub(super) fn escape(text: &str) -> String {
     text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
 }
 

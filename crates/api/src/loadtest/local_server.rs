@@ -1,8 +1,10 @@
-//! A `blipserve serve` child process on a free local port, for sweeps that vary the server's
-//! replica count: start it, wait until it is ready, stop it with SIGTERM as a deployment would.
+//! A `blipserve` server (serve, worker or gateway) as a child process on a free local port, for
+//! sweeps that vary the server's replica count and for the two tiers of a soak: start it, wait
+//! until it is ready, stop it with SIGTERM as a deployment would.
 
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader};
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -24,14 +26,32 @@ impl LocalServer {
     /// Runs `exe serve --listen 127.0.0.1 --port 0 ARGS…`, reads the bound address from its log
     /// and waits until `/ready` answers 200, all within `ready_within`.
     pub async fn start(exe: &Path, args: &[String], ready_within: Duration) -> anyhow::Result<LocalServer> {
-        let mut child = Command::new(exe)
-            .args(["serve", "--listen", "127.0.0.1", "--port", "0"])
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .with_context(|| format!("starting {} serve", exe.display()))?;
+        LocalServer::start_role(exe, "serve", args, ready_within).await
+    }
+
+    /// [`LocalServer::start`] for any role: `exe ROLE --listen 127.0.0.1 --port 0 ARGS…`.
+    pub async fn start_role(
+        exe: &Path,
+        role: &str,
+        args: &[String],
+        ready_within: Duration,
+    ) -> anyhow::Result<LocalServer> {
+        let mut command = Command::new(exe);
+        command.args([role, "--listen", "127.0.0.1", "--port", "0"]).args(args);
+        command.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
+        // A load tester stopped by a signal runs no destructors: the kernel sends its servers
+        // SIGTERM when it dies, so that none is left behind holding a port and the CPU.
+        // SAFETY: prctl(2) is async-signal-safe, and the closure touches nothing else.
+        unsafe {
+            command.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) == 0 {
+                    Ok(())
+                } else {
+                    Err(std::io::Error::last_os_error())
+                }
+            });
+        }
+        let mut child = command.spawn().with_context(|| format!("starting {} {role}", exe.display()))?;
         let log = Arc::new(Mutex::new(VecDeque::new()));
         let (addr_tx, addr_rx) = tokio::sync::oneshot::channel();
         let pipe = child.stderr.take().context("the server's stderr")?;
@@ -95,6 +115,16 @@ impl LocalServer {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
     }
 
     /// The last lines the server logged.

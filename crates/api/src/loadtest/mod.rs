@@ -6,12 +6,23 @@
 //! down (coordinated omission). Both stop at a request count or a duration, whichever comes
 //! first.
 //!
+//! Every request carries its own `x-request-id`, and the answer must echo it; a 429 or 503 must
+//! say when to come back (`Retry-After`). With `invalid_every`, some requests are deliberately
+//! bad (a truncated frame, no question, a wrong content type) and must get a 4xx: they are
+//! counted apart from the valid ones.
+//!
 //! [`sweep`] repeats a bounded closed loop over server replicas × client concurrency, finds the
-//! sustainable capacity and the scaling target, and [`chart`] draws the result.
+//! sustainable capacity and the scaling target, and [`chart`] draws the result. [`cluster`]
+//! starts the two tiers on local ports, for [`soak`] (a long run at part of the capacity, with
+//! every process sampled) and [`overload`] (three times the capacity, then back).
 
 pub mod chart;
+pub mod cluster;
 pub mod cost;
 pub mod local_server;
+pub mod overload;
+pub mod soak;
+pub mod soak_chart;
 pub mod sweep;
 
 use std::collections::BTreeMap;
@@ -40,6 +51,43 @@ pub struct Plan {
     pub questions: Vec<String>,
     pub api_key: Option<String>,
     pub timeout: Duration,
+    /// Every this many requests one is deliberately invalid (0: none).
+    pub invalid_every: usize,
+    /// Prefix of the requests' `x-request-id`s (`PREFIX-N`).
+    pub id_prefix: String,
+}
+
+impl Plan {
+    /// A plan with these frames and questions, no invalid requests and a fresh id prefix.
+    pub fn new(url: String, load: Load, frames: Vec<Vec<u8>>, questions: Vec<String>) -> Plan {
+        Plan {
+            url,
+            load,
+            max_requests: usize::MAX,
+            max_duration: Duration::from_secs(60),
+            frames,
+            questions,
+            api_key: None,
+            timeout: Duration::from_secs(30),
+            invalid_every: 0,
+            id_prefix: id_prefix(),
+        }
+    }
+
+    /// This traffic to `url` as an open loop of `rate_per_s` for `duration`.
+    pub fn open_loop(&self, url: String, rate_per_s: f64, duration: Duration) -> Plan {
+        Plan { url, load: Load::Open { rate_per_s }, max_requests: usize::MAX, max_duration: duration, ..self.clone() }
+    }
+
+    fn is_invalid(&self, n: usize) -> bool {
+        self.invalid_every > 0 && n % self.invalid_every == self.invalid_every - 1
+    }
+}
+
+/// `lt-<pid>-<microseconds>`: distinct between runs, so that a server's log tells them apart.
+pub fn id_prefix() -> String {
+    let micros = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_micros();
+    format!("lt-{}-{micros}", std::process::id())
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -56,6 +104,44 @@ pub struct Report {
     pub throughput_per_s: f64,
     /// Latency of successful requests, in milliseconds.
     pub latency_ms: Percentiles,
+    /// The deliberately invalid requests among `requests`, by status (each should be a 4xx).
+    pub invalid: BTreeMap<String, u64>,
+    /// Answers whose `x-request-id` was not the request's own.
+    pub unmatched_ids: u64,
+    /// 429 and 503 answers without a `Retry-After`.
+    pub refused_without_retry_after: u64,
+}
+
+impl Report {
+    /// Valid requests that did not get a 200.
+    pub fn failed(&self) -> u64 {
+        self.errors.values().sum()
+    }
+
+    /// Invalid requests that got neither a 4xx nor a 503: a 200, another 5xx, or no answer. (A 429
+    /// or 503 refuses the request before judging it, which is as clear.)
+    pub fn invalid_not_refused(&self) -> u64 {
+        self.invalid.iter().filter(|(status, _)| !is_refusal(status)).map(|(_, n)| n).sum()
+    }
+
+    /// Valid requests answered with something other than 200, 429 or 503 (+ transport errors).
+    pub fn failed_other_than_refused(&self) -> u64 {
+        self.errors.iter().filter(|(status, _)| !matches!(status.as_str(), "429" | "503")).map(|(_, n)| n).sum()
+    }
+}
+
+fn is_refusal(status: &str) -> bool {
+    status.starts_with('4') || status == "503"
+}
+
+/// One answer as the client saw it.
+struct Outcome {
+    /// The status, or the transport error.
+    status: Result<u16, String>,
+    /// The answer's `x-request-id` was the request's.
+    id_matched: bool,
+    /// A `Retry-After` came with the answer.
+    retry_after: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -71,18 +157,29 @@ struct Tally {
     latency_us: Histogram<u64>,
     ok: u64,
     errors: BTreeMap<String, u64>,
+    invalid: BTreeMap<String, u64>,
+    unmatched_ids: u64,
+    refused_without_retry_after: u64,
 }
 
 impl Tally {
-    fn record(&mut self, outcome: Result<u16, String>, latency: Duration) {
-        match outcome {
-            Ok(200) => {
-                self.ok += 1;
-                let us = latency.as_micros().clamp(1, 3_600_000_000) as u64;
-                let _ = self.latency_us.record(us);
-            }
-            Ok(status) => *self.errors.entry(status.to_string()).or_default() += 1,
-            Err(_) => *self.errors.entry("transport".into()).or_default() += 1,
+    fn record(&mut self, outcome: Outcome, invalid: bool, latency: Duration) {
+        let label = match &outcome.status {
+            Ok(status) => status.to_string(),
+            Err(_) => "transport".to_string(),
+        };
+        if let Ok(status) = outcome.status {
+            self.unmatched_ids += u64::from(!outcome.id_matched);
+            self.refused_without_retry_after += u64::from(matches!(status, 429 | 503) && !outcome.retry_after);
+        }
+        if invalid {
+            *self.invalid.entry(label).or_default() += 1;
+        } else if outcome.status == Ok(200) {
+            self.ok += 1;
+            let us = latency.as_micros().clamp(1, 3_600_000_000) as u64;
+            let _ = self.latency_us.record(us);
+        } else {
+            *self.errors.entry(label).or_default() += 1;
         }
     }
 }
@@ -96,6 +193,9 @@ pub async fn run(plan: Plan, progress: impl Fn(u64, Duration) + Send + Sync + 's
         latency_us: Histogram::new_with_bounds(1, 3_600_000_000, 3)?,
         ok: 0,
         errors: BTreeMap::new(),
+        invalid: BTreeMap::new(),
+        unmatched_ids: 0,
+        refused_without_retry_after: 0,
     }));
     let sent = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let plan = Arc::new(plan);
@@ -140,7 +240,11 @@ pub async fn run(plan: Plan, progress: impl Fn(u64, Duration) + Send + Sync + 's
                     while let Some(n) = claim() {
                         let t = Instant::now();
                         let outcome = send(&client, &plan, n).await;
-                        tally.lock().unwrap_or_else(|p| p.into_inner()).record(outcome, t.elapsed());
+                        tally.lock().unwrap_or_else(|p| p.into_inner()).record(
+                            outcome,
+                            plan.is_invalid(n),
+                            t.elapsed(),
+                        );
                     }
                 }));
             }
@@ -165,7 +269,8 @@ pub async fn run(plan: Plan, progress: impl Fn(u64, Duration) + Send + Sync + 's
                 inflight.push(tokio::spawn(async move {
                     let outcome = send(&client, &plan, n).await;
                     // From the intended send time: lateness of the client counts against the server.
-                    tally.lock().unwrap_or_else(|p| p.into_inner()).record(outcome, intended.elapsed());
+                    let invalid = plan.is_invalid(n);
+                    tally.lock().unwrap_or_else(|p| p.into_inner()).record(outcome, invalid, intended.elapsed());
                 }));
             }
             for task in inflight {
@@ -178,7 +283,7 @@ pub async fn run(plan: Plan, progress: impl Fn(u64, Duration) + Send + Sync + 's
     let tally = tally.lock().unwrap_or_else(|p| p.into_inner());
     let h = &tally.latency_us;
     let ms = |us: u64| us as f64 / 1000.0;
-    let requests = tally.ok + tally.errors.values().sum::<u64>();
+    let requests = tally.ok + tally.errors.values().sum::<u64>() + tally.invalid.values().sum::<u64>();
     Ok(Report {
         url: plan.url.clone(),
         load: plan.load,
@@ -195,24 +300,63 @@ pub async fn run(plan: Plan, progress: impl Fn(u64, Duration) + Send + Sync + 's
             max: ms(h.max()),
             mean: h.mean() / 1000.0,
         },
+        invalid: tally.invalid.clone(),
+        unmatched_ids: tally.unmatched_ids,
+        refused_without_retry_after: tally.refused_without_retry_after,
     })
 }
 
-async fn send(client: &reqwest::Client, plan: &Plan, n: usize) -> Result<u16, String> {
-    let frame = plan.frames[n % plan.frames.len()].clone();
-    let mut form =
-        reqwest::multipart::Form::new().part("image", reqwest::multipart::Part::bytes(frame).file_name("frame.jpg"));
-    for q in &plan.questions {
-        form = form.text("question", q.clone());
-    }
-    let mut request = client.post(&plan.url).multipart(form);
+/// The kinds of invalid request, in turn: each must get a 4xx from the first tier that reads it.
+#[derive(Debug, Clone, Copy)]
+enum Invalid {
+    /// The first half of the frame: the header passes, decoding fails (400 `bad_image`).
+    TruncatedFrame,
+    /// A frame and no question (400 `no_question`).
+    NoQuestion,
+    /// A text body (415).
+    WrongContentType,
+}
+
+async fn send(client: &reqwest::Client, plan: &Plan, n: usize) -> Outcome {
+    let frame = &plan.frames[n % plan.frames.len()];
+    let invalid = plan.is_invalid(n).then(|| {
+        [Invalid::TruncatedFrame, Invalid::NoQuestion, Invalid::WrongContentType][(n / plan.invalid_every) % 3]
+    });
+    let request_id = format!("{}-{n}", plan.id_prefix);
+    let mut request = client.post(&plan.url).header("x-request-id", &request_id);
+    request = match invalid {
+        Some(Invalid::WrongContentType) => request.header("content-type", "text/plain").body("is the dog barking?"),
+        _ => {
+            let bytes = match invalid {
+                Some(Invalid::TruncatedFrame) => frame[..frame.len() / 2].to_vec(),
+                _ => frame.clone(),
+            };
+            let part = reqwest::multipart::Part::bytes(bytes).file_name("frame.jpg");
+            let mut form = reqwest::multipart::Form::new().part("image", part);
+            if !matches!(invalid, Some(Invalid::NoQuestion)) {
+                for q in &plan.questions {
+                    form = form.text("question", q.clone());
+                }
+            }
+            request.multipart(form)
+        }
+    };
     if let Some(key) = &plan.api_key {
         request = request.bearer_auth(key);
     }
-    let response = request.send().await.map_err(|e| e.to_string())?;
+    let failed = |e: reqwest::Error| Outcome { status: Err(e.to_string()), id_matched: false, retry_after: false };
+    let response = match request.send().await {
+        Ok(response) => response,
+        Err(e) => return failed(e),
+    };
     let status = response.status().as_u16();
-    response.bytes().await.map_err(|e| e.to_string())?;
-    Ok(status)
+    let headers = response.headers();
+    let id_matched = headers.get("x-request-id").is_some_and(|v| v.as_bytes() == request_id.as_bytes());
+    let retry_after = headers.contains_key(reqwest::header::RETRY_AFTER);
+    match response.bytes().await {
+        Ok(_) => Outcome { status: Ok(status), id_matched, retry_after },
+        Err(e) => failed(e),
+    }
 }
 
 impl Report {
@@ -229,7 +373,7 @@ impl Report {
             "{kind},{concurrency},{rate},{},{},{},{:.3},{:.3},{:.3},{:.3},{:.3},{:.3}",
             self.requests,
             self.ok,
-            self.requests - self.ok,
+            self.requests - self.ok - self.invalid.values().sum::<u64>(),
             self.elapsed_s,
             self.throughput_per_s,
             l.p50,
@@ -237,5 +381,25 @@ impl Report {
             l.p99,
             l.max
         )
+    }
+}
+
+/// A report of `ok` answers and these errors, for unit tests of what judges reports.
+#[cfg(test)]
+pub(crate) fn test_report(ok: u64, errors: &[(&str, u64)]) -> Report {
+    let errors: BTreeMap<String, u64> = errors.iter().map(|(s, n)| (s.to_string(), *n)).collect();
+    Report {
+        url: String::new(),
+        load: Load::Open { rate_per_s: 1.0 },
+        questions_per_frame: 1,
+        requests: ok + errors.values().sum::<u64>(),
+        ok,
+        errors,
+        elapsed_s: 1.0,
+        throughput_per_s: ok as f64,
+        latency_ms: Percentiles { p50: 1.0, p90: 1.0, p99: 1.0, max: 1.0, mean: 1.0 },
+        invalid: BTreeMap::new(),
+        unmatched_ids: 0,
+        refused_without_retry_after: 0,
     }
 }

@@ -283,16 +283,14 @@ pub(crate) mod tests {
 
     /// A measured point with the given outcome.
     pub(crate) fn point(replicas: Option<usize>, concurrency: usize, rps: f64, p99: f64, errors: u64) -> Point {
+        let errors = if errors > 0 { vec![("429", errors)] } else { Vec::new() };
         let report = Report {
-            url: String::new(),
             load: Load::Closed { concurrency },
             questions_per_frame: 3,
-            requests: 100,
-            ok: 100 - errors,
-            errors: if errors > 0 { BTreeMap::from([("429".to_string(), errors)]) } else { BTreeMap::new() },
             elapsed_s: 100.0 / rps,
             throughput_per_s: rps,
             latency_ms: Percentiles { p50: p99 / 2.0, p90: p99 * 0.9, p99, max: p99 * 1.1, mean: p99 / 2.0 },
+            ..crate::loadtest::test_report(100 - errors.iter().map(|e| e.1).sum::<u64>(), &errors)
         };
         let label = replicas.map_or(concurrency.to_string(), |r| format!("{r}-{concurrency}"));
         Point { label, replicas, concurrency, meets_slo: meets_slo(&report, 250.0), report }

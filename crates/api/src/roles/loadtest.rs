@@ -1,5 +1,7 @@
 //! `blipserve loadtest`: closed- or open-loop load against a detect endpoint, with a report;
-//! `blipserve loadtest sweep`: the capacity sweep over replicas × concurrency, with a chart.
+//! `blipserve loadtest sweep`: the capacity sweep over replicas × concurrency, with a chart;
+//! `blipserve loadtest soak` and `blipserve loadtest overload`: the two tiers started locally,
+//! held at part of their capacity for long, or driven past it.
 
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
@@ -8,7 +10,10 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, Subcommand};
 
+use crate::loadtest::cluster::ClusterPlan;
 use crate::loadtest::cost::Price;
+use crate::loadtest::overload::{self, OverloadPlan, OverloadReport};
+use crate::loadtest::soak::{self, SoakPlan, SoakReport, Tolerance};
 use crate::loadtest::sweep::{self, Event, SweepPlan, SweepReport, Target};
 use crate::loadtest::{self, chart, Load, Plan, Report};
 
@@ -34,6 +39,147 @@ enum Mode {
     /// target is that capacity × --headroom, in requests/s per instance (the CloudWatch metric
     /// `Requests` per second per in-service instance, what the target-tracking policy follows).
     Sweep(SweepArgs),
+
+    /// Hold workers and a gateway (started locally) at a share of their measured capacity for a
+    /// long time, with invalid requests mixed in; sample every process's memory, file
+    /// descriptors, threads and /metrics series; write a CSV, JSON and an SVG chart.
+    ///
+    /// Fails (exit 1) when any sampled quantity grows after the warm-up beyond its tolerance,
+    /// when a valid request does not get 200 or an invalid one a 4xx (or 503), when a 429/503 comes
+    /// without Retry-After, or when a request is not accounted for by the client, the gateway
+    /// and the workers alike.
+    Soak(SoakArgs),
+
+    /// Drive workers and a gateway (started locally) at a share of their measured capacity, then
+    /// at several times it, then at the share again: beyond capacity only 200, 429 or 503 with
+    /// Retry-After; every request accounted for; service normal right after. Writes JSON.
+    Overload(OverloadArgs),
+}
+
+/// The two tiers a soak or overload run starts on local ports.
+#[derive(Args, Debug)]
+struct ClusterArgs {
+    /// Model directory of the started workers
+    #[arg(long, default_value = "models/tiny")]
+    model: PathBuf,
+
+    /// Workers started behind the gateway, one replica each
+    #[arg(long, default_value_t = 2)]
+    workers: usize,
+
+    /// Intra-op threads of each worker's replica
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+
+    /// Extra flag for every worker, e.g. --worker-arg=--queue-capacity=16 (repeatable)
+    #[arg(long = "worker-arg", allow_hyphen_values = true)]
+    worker_args: Vec<String>,
+
+    /// Extra flag for the gateway, e.g. --gateway-arg=--max-attempts=2 (repeatable)
+    #[arg(long = "gateway-arg", allow_hyphen_values = true)]
+    gateway_args: Vec<String>,
+
+    /// How long the capacity is measured (a closed loop of 4 clients a worker), in seconds
+    #[arg(long, default_value_t = 10.0)]
+    capacity_s: f64,
+}
+
+impl ClusterArgs {
+    fn plan(&self, dir: &std::path::Path) -> anyhow::Result<ClusterPlan> {
+        Ok(ClusterPlan {
+            exe: std::env::current_exe().context("finding the blipserve executable")?,
+            model: self.model.clone(),
+            workers: self.workers.max(1),
+            threads: self.threads.max(1),
+            worker_args: self.worker_args.clone(),
+            gateway_args: self.gateway_args.clone(),
+            dir: dir.to_path_buf(),
+        })
+    }
+}
+
+#[derive(Args, Debug)]
+struct SoakArgs {
+    #[command(flatten)]
+    cluster: ClusterArgs,
+
+    #[command(flatten)]
+    traffic: TrafficArgs,
+
+    /// How long the load runs, warm-up included, in seconds
+    #[arg(long, default_value_t = 1800.0)]
+    duration_s: f64,
+
+    /// The first part of the run left out of the growth verdict [default: a tenth of the run,
+    /// at least 10 s]
+    #[arg(long)]
+    warmup_s: Option<f64>,
+
+    /// Open-loop rate as a share of the measured capacity
+    #[arg(long, default_value_t = 0.7, conflicts_with = "rate")]
+    load: f64,
+
+    /// Open-loop rate in requests/s instead (the capacity is then not measured)
+    #[arg(long)]
+    rate: Option<f64>,
+
+    /// Every this many requests one is invalid (truncated frame, no question, wrong content
+    /// type, in turn); 0: none
+    #[arg(long, default_value_t = 10)]
+    invalid_every: usize,
+
+    /// Seconds between samples
+    #[arg(long, default_value_t = 5.0)]
+    sample_every_s: f64,
+
+    /// Resident memory may grow by this share of its start after the warm-up…
+    #[arg(long, default_value_t = Tolerance::default().rss_fraction)]
+    rss_tolerance: f64,
+
+    /// …or by this many MiB, whichever is larger
+    #[arg(long, default_value_t = Tolerance::default().rss_mib)]
+    rss_tolerance_mib: f64,
+
+    /// Open file descriptors may grow by this many
+    #[arg(long, default_value_t = Tolerance::default().fds)]
+    fd_tolerance: f64,
+
+    /// Threads may grow by this many
+    #[arg(long, default_value_t = Tolerance::default().threads)]
+    thread_tolerance: f64,
+
+    /// /metrics sample lines may grow by this many
+    #[arg(long, default_value_t = Tolerance::default().series)]
+    series_tolerance: f64,
+
+    /// Folder for soak.csv, soak.json, soak.svg and the gateway's configuration (created if missing)
+    #[arg(long, default_value = "target/soak")]
+    out: PathBuf,
+}
+
+#[derive(Args, Debug)]
+struct OverloadArgs {
+    #[command(flatten)]
+    cluster: ClusterArgs,
+
+    #[command(flatten)]
+    traffic: TrafficArgs,
+
+    /// The overload phase's rate as a multiple of the measured capacity
+    #[arg(long, default_value_t = 3.0)]
+    factor: f64,
+
+    /// The phases before and after it, as a share of the capacity
+    #[arg(long, default_value_t = 0.7)]
+    baseline: f64,
+
+    /// How long each of the three phases sends, in seconds
+    #[arg(long, default_value_t = 20.0)]
+    phase_s: f64,
+
+    /// Folder for overload.json and the gateway's configuration (created if missing)
+    #[arg(long, default_value = "target/overload")]
+    out: PathBuf,
 }
 
 /// What every request carries.
@@ -73,6 +219,8 @@ impl TrafficArgs {
             questions: self.questions.clone(),
             api_key: self.api_key.clone(),
             timeout: Duration::from_secs_f64(self.timeout_s.max(0.001)),
+            invalid_every: 0,
+            id_prefix: loadtest::id_prefix(),
         })
     }
 }
@@ -182,6 +330,8 @@ struct SweepArgs {
 pub fn run(args: LoadtestArgs) -> anyhow::Result<()> {
     match args.mode {
         Some(Mode::Sweep(sweep)) => run_sweep(sweep),
+        Some(Mode::Soak(args)) => run_soak(args),
+        Some(Mode::Overload(args)) => run_overload(args),
         None => run_single(args.single),
     }
 }
@@ -386,4 +536,146 @@ fn dedup(values: &[usize]) -> Vec<usize> {
 
 fn list(values: &[usize]) -> String {
     values.iter().map(usize::to_string).collect::<Vec<_>>().join(",")
+}
+
+/// Progress lines on stderr, with the seconds since the start.
+fn progress_line() -> impl Fn(String) + Send + Sync + 'static {
+    let started = std::time::Instant::now();
+    move |line| eprintln!("[{:>5.0} s] {line}", started.elapsed().as_secs_f64())
+}
+
+fn create_out(out: &std::path::Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))
+}
+
+fn write_out(out: &std::path::Path, name: &str, contents: &str) -> anyhow::Result<PathBuf> {
+    let path = out.join(name);
+    std::fs::write(&path, contents).with_context(|| format!("writing {}", path.display()))?;
+    Ok(path)
+}
+
+fn run_soak(args: SoakArgs) -> anyhow::Result<()> {
+    create_out(&args.out)?;
+    let duration_s = args.duration_s.max(1.0);
+    let plan = SoakPlan {
+        cluster: args.cluster.plan(&args.out)?,
+        traffic: Plan {
+            invalid_every: args.invalid_every,
+            ..args.traffic.plan(String::new(), Load::Closed { concurrency: 1 }, usize::MAX, duration_s)?
+        },
+        rate: args.rate,
+        load_fraction: args.load,
+        capacity_s: args.cluster.capacity_s,
+        duration: Duration::from_secs_f64(duration_s),
+        warmup: Duration::from_secs_f64(args.warmup_s.unwrap_or((duration_s / 10.0).max(10.0)).min(duration_s)),
+        sample_every: Duration::from_secs_f64(args.sample_every_s.max(0.1)),
+        tolerance: Tolerance {
+            rss_fraction: args.rss_tolerance,
+            rss_mib: args.rss_tolerance_mib,
+            fds: args.fd_tolerance,
+            threads: args.thread_tolerance,
+            series: args.series_tolerance,
+        },
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let report = runtime.block_on(soak::soak(plan, progress_line()))?;
+    let title =
+        format!("blipserve soak: {} worker(s) and a gateway, {}", args.cluster.workers, args.cluster.model.display());
+    let files = [
+        write_out(&args.out, "soak.csv", &report.csv())?,
+        write_out(&args.out, "soak.json", &serde_json::to_string_pretty(&report)?)?,
+        write_out(&args.out, "soak.svg", &crate::loadtest::soak_chart::svg(&report, &title))?,
+    ];
+    print_soak(&report);
+    println!("wrote {}", files.map(|p| p.display().to_string()).join(", "));
+    anyhow::ensure!(report.failures.is_empty(), "the soak failed:\n  {}", report.failures.join("\n  "));
+    Ok(())
+}
+
+fn print_soak(report: &SoakReport) {
+    let (r, a) = (&report.load, &report.accounting);
+    if let Some(capacity) = report.capacity_per_s {
+        println!("capacity {capacity:.1} frames/s; soak at {:.1} requests/s", report.rate_per_s);
+    }
+    println!(
+        "{} requests in {:.0} s: {} valid answered 200, {} valid failed {:?}, invalid {:?}; p50 {:.1} ms, p99 {:.1} ms",
+        r.requests,
+        r.elapsed_s,
+        r.ok,
+        r.failed(),
+        r.errors,
+        r.invalid,
+        r.latency_ms.p50,
+        r.latency_ms.p99
+    );
+    println!(
+        "accounted: sent {}, gateway counted {}, workers answered {} detections, client got {} 200s, {} unanswered, {} ids unmatched",
+        a.sent, a.gateway_counted, a.workers_ok, a.client_ok, a.unanswered, a.unmatched_ids
+    );
+    println!("{}", row(["process", "quantity", "start", "end", "growth", "allowed", "", "within"]));
+    for g in &report.growth {
+        println!(
+            "{}",
+            row([
+                g.process.clone(),
+                g.quantity.clone(),
+                format!("{:.1}", g.start),
+                format!("{:.1}", g.end),
+                format!("{:+.1}", g.end - g.start),
+                format!("{:.1}", g.allowed),
+                String::new(),
+                if g.within { "yes" } else { "NO" }.to_string(),
+            ])
+        );
+    }
+}
+
+fn run_overload(args: OverloadArgs) -> anyhow::Result<()> {
+    create_out(&args.out)?;
+    let phase_s = args.phase_s.max(1.0);
+    let plan = OverloadPlan {
+        cluster: args.cluster.plan(&args.out)?,
+        traffic: args.traffic.plan(String::new(), Load::Closed { concurrency: 1 }, usize::MAX, phase_s)?,
+        factor: args.factor,
+        baseline_fraction: args.baseline,
+        capacity_s: args.cluster.capacity_s,
+        phase: Duration::from_secs_f64(phase_s),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let report = runtime.block_on(overload::overload(plan, progress_line()))?;
+    let path = write_out(&args.out, "overload.json", &serde_json::to_string_pretty(&report)?)?;
+    print_overload(&report);
+    println!("wrote {}", path.display());
+    anyhow::ensure!(report.failures.is_empty(), "the overload run failed:\n  {}", report.failures.join("\n  "));
+    Ok(())
+}
+
+fn print_overload(report: &OverloadReport) {
+    println!("capacity {:.1} frames/s; overload at {}×", report.capacity_per_s, report.factor);
+    println!("{}", row(["phase", "req/s", "sent", "200", "refused", "other", "p50 ms", "p99 ms"]));
+    for p in &report.phases {
+        let r = &p.report;
+        let refused: u64 = ["429", "503"].iter().filter_map(|s| r.errors.get(*s)).sum();
+        println!(
+            "{}",
+            row([
+                p.name.clone(),
+                format!("{:.1}", p.rate_per_s),
+                r.requests.to_string(),
+                r.ok.to_string(),
+                refused.to_string(),
+                (r.failed() - refused).to_string(),
+                format!("{:.1}", r.latency_ms.p50),
+                format!("{:.1}", r.latency_ms.p99),
+            ])
+        );
+    }
+    println!("admitted p99 during the overload / p99 before it: {:.2}", report.p99_ratio);
+    for p in &report.phases {
+        let a = &p.accounting;
+        println!(
+            "{}: sent {}, gateway counted {}, workers answered {} detections, client got {} 200s, {} unanswered, {} ids unmatched",
+            p.name, a.sent, a.gateway_counted, a.workers_ok, a.client_ok, a.unanswered, a.unmatched_ids
+        );
+    }
 }
