@@ -382,9 +382,10 @@ fn metrics_pass_promtool_and_openapi_passes_a_validator() {
     openapi_validate(&spec);
 
     let spec: Value = serde_json::from_slice(&spec).unwrap();
-    for path in ["/v1/detect", "/v1/behaviors", "/v1/info", "/health", "/ready", "/metrics", "/openapi.json", "/docs"] {
+    let paths = ["/v1/detect", "/v1/behaviors", "/v1/info", "/health", "/ready", "/metrics", "/openapi.json", "/docs"];
+    for path in paths.into_iter().chain(["/ping", "/invocations"]) {
         assert!(spec["paths"].get(path).is_some(), "{path} undocumented");
-        let method = if path == "/v1/detect" { "post" } else { "get" };
+        let method = if path == "/v1/detect" || path == "/invocations" { "post" } else { "get" };
         assert!(spec["paths"][path][method].is_object(), "{method} {path}");
     }
     let docs = client().get(server.url("/docs")).send().unwrap();
@@ -461,4 +462,54 @@ fn frames_of_clients_that_hung_up_are_dropped_before_inference() {
     assert!(server.metric("blipserve_requests_total{outcome=\"cancelled\"}") >= 1.0);
     let resp = client().post(server.url("/v1/detect")).multipart(detect_form(&small, &["is it?"], &[])).send().unwrap();
     assert_eq!(resp.status(), 200);
+}
+
+#[test]
+fn sagemaker_ping_and_invocations_answer_as_the_hosting_contract_expects() {
+    // SageMaker starts the image with `serve` (its entry point is blipserve) and calls GET /ping,
+    // then POST /invocations with the client's body and content type.
+    let server = Server::start(BIN, "tiny", &["--drain-delay-ms", "3000"]);
+    let ping = client().get(server.url("/ping")).send().unwrap();
+    assert_eq!(ping.status(), 200);
+    let image = frame_jpeg(11);
+    let questions = ["is the dog barking?", "is there a cat?"];
+    let detect: Value = client()
+        .post(server.url("/v1/detect"))
+        .multipart(detect_form(&image, &questions, &[]))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    for (content_type, body) in [
+        ("multipart", None),
+        (
+            "application/json",
+            Some(json!({"image": base64::engine::general_purpose::STANDARD.encode(&image), "questions": questions})),
+        ),
+    ] {
+        let request = client().post(server.url("/invocations"));
+        let resp = match body {
+            None => request.multipart(detect_form(&image, &questions, &[])),
+            Some(body) => request.json(&body),
+        }
+        .send()
+        .unwrap();
+        assert_eq!(resp.status(), 200, "{content_type}");
+        assert!(resp.headers()["content-type"].to_str().unwrap().starts_with("application/json"));
+        let answer: Value = resp.json().unwrap();
+        for (a, d) in answer["answers"].as_array().unwrap().iter().zip(detect["answers"].as_array().unwrap()) {
+            assert_eq!(a["probability"], d["probability"], "{content_type}: {answer}");
+        }
+    }
+    // A bad invocation is the client's error, with the same JSON error body.
+    let bad =
+        client().post(server.url("/invocations")).header("content-type", "text/csv").body("1,2,3").send().unwrap();
+    assert_eq!(bad.status(), 415);
+    assert_eq!(bad.json::<Value>().unwrap()["code"], "unsupported_media_type");
+    // Draining: /ping turns 503 as /ready does, so SageMaker stops routing to the container.
+    server.signal(libc::SIGTERM);
+    assert!(eventually(Duration::from_secs(5), || client()
+        .get(server.url("/ping"))
+        .send()
+        .is_ok_and(|r| r.status() == 503)));
 }

@@ -74,6 +74,16 @@ impl Modify for BearerScheme {
 pub fn serve(limits: &RequestLimits) -> Value {
     let mut doc = serde_json::to_value(ServeApi::openapi()).unwrap_or_default();
     finish(&mut doc, limits, false);
+    // SageMaker's hosting contract: the same operations under the names it calls.
+    for (path, method, from, id, summary) in [
+        ("/ping", "get", "/ready", "ping", "SageMaker's health check: the same as /ready"),
+        ("/invocations", "post", "/v1/detect", "invocations", "SageMaker's inference call: the same as /v1/detect"),
+    ] {
+        let mut operation = doc["paths"][from][method].clone();
+        operation["operationId"] = json!(id);
+        operation["summary"] = json!(summary);
+        doc["paths"][path] = json!({ method: operation });
+    }
     doc
 }
 

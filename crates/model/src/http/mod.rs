@@ -51,6 +51,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/behaviors", get(behaviors))
         .route("/v1/info", get(info))
         .route("/ready", get(ready))
+        // SageMaker's hosting contract: its container runs `blipserve serve` on port 8080
+        // (the image's entry point and defaults) and calls these.
+        .route("/ping", get(ready))
+        .route("/invocations", post(detect::detect))
         .route("/metrics", get(metrics))
         .route("/openapi.json", get(openapi_document))
         .with_state(state);
