@@ -95,10 +95,11 @@ impl Cluster {
         })
     }
 
-    /// The sustainable throughput through the gateway, frames/s: a closed loop of `concurrency`
-    /// clients for `seconds` (after `concurrency` × 4 warm-up requests), valid requests only;
-    /// errors fail it (the cluster is idle, nothing should be refused).
-    pub async fn capacity(&self, traffic: &Plan, concurrency: usize, seconds: f64) -> anyhow::Result<Report> {
+    /// The sustainable throughput through the gateway, frames/s: a closed loop of four clients a
+    /// worker for `seconds` (after four warm-up requests a client), valid requests only; errors
+    /// fail it (the cluster is idle, nothing should be refused).
+    pub async fn capacity(&self, traffic: &Plan, seconds: f64) -> anyhow::Result<Report> {
+        let concurrency = 4 * self.workers.len().max(1);
         let closed =
             Plan { url: self.detect_url(), load: Load::Closed { concurrency }, invalid_every: 0, ..traffic.clone() };
         super::run(Plan { max_requests: concurrency * 4, ..closed.clone() }, |_, _| {}).await?;
@@ -195,6 +196,16 @@ impl Accounting {
             ));
         }
         problems
+    }
+}
+
+impl std::fmt::Display for Accounting {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "sent {}, gateway counted {}, workers answered {} detections, client got {} 200s, {} unanswered, {} ids unmatched",
+            self.sent, self.gateway_counted, self.workers_ok, self.client_ok, self.unanswered, self.unmatched_ids
+        )
     }
 }
 

@@ -58,22 +58,6 @@ pub struct Plan {
 }
 
 impl Plan {
-    /// A plan with these frames and questions, no invalid requests and a fresh id prefix.
-    pub fn new(url: String, load: Load, frames: Vec<Vec<u8>>, questions: Vec<String>) -> Plan {
-        Plan {
-            url,
-            load,
-            max_requests: usize::MAX,
-            max_duration: Duration::from_secs(60),
-            frames,
-            questions,
-            api_key: None,
-            timeout: Duration::from_secs(30),
-            invalid_every: 0,
-            id_prefix: id_prefix(),
-        }
-    }
-
     /// This traffic to `url` as an open loop of `rate_per_s` for `duration`.
     pub fn open_loop(&self, url: String, rate_per_s: f64, duration: Duration) -> Plan {
         Plan { url, load: Load::Open { rate_per_s }, max_requests: usize::MAX, max_duration: duration, ..self.clone() }
@@ -373,7 +357,7 @@ impl Report {
             "{kind},{concurrency},{rate},{},{},{},{:.3},{:.3},{:.3},{:.3},{:.3},{:.3}",
             self.requests,
             self.ok,
-            self.requests - self.ok - self.invalid.values().sum::<u64>(),
+            self.failed(),
             self.elapsed_s,
             self.throughput_per_s,
             l.p50,

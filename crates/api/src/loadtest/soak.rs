@@ -114,8 +114,7 @@ pub async fn soak(plan: SoakPlan, progress: impl Fn(String) + Send + Sync + 'sta
         Some(rate) => (None, rate),
         None => {
             progress(format!("measuring the capacity for {:.0} s", plan.capacity_s));
-            let concurrency = 4 * plan.cluster.workers.max(1);
-            let measured = cluster.capacity(&plan.traffic, concurrency, plan.capacity_s).await?;
+            let measured = cluster.capacity(&plan.traffic, plan.capacity_s).await?;
             (Some(measured.throughput_per_s), measured.throughput_per_s * plan.load_fraction)
         }
     };
@@ -253,12 +252,8 @@ pub fn open_fds(pid: u32) -> anyhow::Result<u64> {
 /// quantity of every process, against the tolerance. Empty when fewer than two samples follow
 /// the warm-up for a process.
 pub fn growth(samples: &[ProcessSample], warmup_s: f64, tolerance: &Tolerance) -> Vec<Growth> {
-    let mut processes: Vec<&str> = samples.iter().map(|s| s.process.as_str()).collect();
-    processes.dedup();
-    processes.sort_unstable();
-    processes.dedup();
     let mut out = Vec::new();
-    for process in processes {
+    for process in process_names(samples) {
         let after: Vec<&ProcessSample> =
             samples.iter().filter(|s| s.process == process && s.elapsed_s >= warmup_s).collect();
         if after.len() < 2 {
@@ -285,6 +280,14 @@ pub fn growth(samples: &[ProcessSample], warmup_s: f64, tolerance: &Tolerance) -
         }
     }
     out
+}
+
+/// The processes sampled, each once, sorted.
+pub fn process_names(samples: &[ProcessSample]) -> Vec<&str> {
+    let mut names: Vec<&str> = samples.iter().map(|s| s.process.as_str()).collect();
+    names.sort_unstable();
+    names.dedup();
+    names
 }
 
 fn median(mut values: Vec<f64>) -> f64 {

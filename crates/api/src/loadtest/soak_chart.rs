@@ -5,7 +5,7 @@
 use std::fmt::Write;
 
 use super::chart::{axis, escape, number, open};
-use super::soak::{SoakReport, QUANTITIES};
+use super::soak::{process_names, SoakReport, QUANTITIES};
 
 const WIDTH: f64 = 880.0;
 const LEFT: f64 = 72.0;
@@ -23,9 +23,7 @@ pub fn svg(report: &SoakReport, title: &str) -> String {
     let height = TOP + QUANTITIES.len() as f64 * (PANEL + GAP) + 10.0;
     let mut s = String::new();
     open(&mut s, (WIDTH, height), LEFT, title, &summary(report));
-    let mut processes: Vec<&str> = report.samples.iter().map(|p| p.process.as_str()).collect();
-    processes.sort_unstable();
-    processes.dedup();
+    let processes = process_names(&report.samples);
     let minutes = report.samples.iter().map(|p| p.elapsed_s / 60.0).fold(0.0, f64::max);
     let (x_max, x_step) = axis(minutes);
     let plot_width = WIDTH - LEFT - RIGHT;

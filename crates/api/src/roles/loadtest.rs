@@ -412,7 +412,7 @@ fn run_sweep(args: SweepArgs) -> anyhow::Result<()> {
         headroom: args.headroom,
         price,
     };
-    std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
+    create_out(&args.out)?;
 
     let axes = match &plan.target {
         Target::Url(_) => format!("concurrency {}", list(&plan.concurrency)),
@@ -471,16 +471,12 @@ fn run_sweep(args: SweepArgs) -> anyhow::Result<()> {
     }))?;
 
     let files = [
-        ("sweep.csv", report.csv()),
-        ("sweep.json", serde_json::to_string_pretty(&report)?),
-        ("sweep.svg", chart::svg(&report, &title)),
+        write_out(&args.out, "sweep.csv", &report.csv())?,
+        write_out(&args.out, "sweep.json", &serde_json::to_string_pretty(&report)?)?,
+        write_out(&args.out, "sweep.svg", &chart::svg(&report, &title))?,
     ];
-    for (name, contents) in &files {
-        let path = args.out.join(name);
-        std::fs::write(&path, contents).with_context(|| format!("writing {}", path.display()))?;
-    }
     print_capacity(&report);
-    println!("wrote {}", files.map(|(name, _)| args.out.join(name).display().to_string()).join(", "));
+    println!("wrote {}", files.map(|p| p.display().to_string()).join(", "));
     Ok(())
 }
 
@@ -608,10 +604,7 @@ fn print_soak(report: &SoakReport) {
         r.latency_ms.p50,
         r.latency_ms.p99
     );
-    println!(
-        "accounted: sent {}, gateway counted {}, workers answered {} detections, client got {} 200s, {} unanswered, {} ids unmatched",
-        a.sent, a.gateway_counted, a.workers_ok, a.client_ok, a.unanswered, a.unmatched_ids
-    );
+    println!("accounted: {a}");
     println!("{}", row(["process", "quantity", "start", "end", "growth", "allowed", "", "within"]));
     for g in &report.growth {
         println!(
@@ -672,10 +665,6 @@ fn print_overload(report: &OverloadReport) {
     }
     println!("admitted p99 during the overload / p99 before it: {:.2}", report.p99_ratio);
     for p in &report.phases {
-        let a = &p.accounting;
-        println!(
-            "{}: sent {}, gateway counted {}, workers answered {} detections, client got {} 200s, {} unanswered, {} ids unmatched",
-            p.name, a.sent, a.gateway_counted, a.workers_ok, a.client_ok, a.unanswered, a.unmatched_ids
-        );
+        println!("{}: {}", p.name, p.accounting);
     }
 }
