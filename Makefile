@@ -31,7 +31,7 @@ TEST_ARGS := $(shell command -v cargo-nextest >/dev/null 2>&1 || echo "-- --test
 setup: system-deps python
 
 # Native tools: cmake and nasm build libjpeg-turbo (the JPEG decoder Pillow uses); haproxy (a real
-# load balancer for the fleet tests); promtool
+# load balancer for the fleet tests); redis-server (the camera store a fleet shares); promtool
 # (Debian's prometheus package) checks /metrics in the tests.
 system-deps:
 	@bash scripts/system-deps.sh

@@ -9,6 +9,8 @@ command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 command -v curl >/dev/null 2>&1 || need+=(curl)
 # haproxy: the real load balancer in front of workers in the fleet tests.
 command -v haproxy >/dev/null 2>&1 || need+=(haproxy)
+# redis-server: the camera store a fleet shares, in the camera tests.
+command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 [ ${#need[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" -ne 0 ]; then
   echo "system-deps: please install: ${need[*]} (e.g. sudo apt-get install ${need[*]})" >&2

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::behaviors::Catalogue;
+use crate::camera::CameraId;
 use crate::http::error::ApiError;
 use crate::settings::RequestLimits;
 
@@ -40,6 +41,10 @@ pub struct RawDetect {
     pub questions: Vec<String>,
     pub behaviors: Vec<String>,
     pub mode: Option<String>,
+    /// The `camera` field, or the `x-camera-id` header (they must agree when both are sent).
+    pub camera: Option<String>,
+    /// The `reuse` field: `false` asks the model even for an unchanged frame.
+    pub reuse: Option<String>,
 }
 
 /// The JSON body of a detect request.
@@ -57,6 +62,11 @@ pub struct JsonDetect {
     pub behaviors: Vec<String>,
     #[schema(value_type = Option<Mode>)]
     pub mode: Option<String>,
+    /// The camera that took the frame (or the `x-camera-id` header): 1 to 128 ASCII letters,
+    /// digits and `-_.:@`. Enables answer reuse for unchanged frames and per-camera admission.
+    pub camera: Option<String>,
+    /// `false`: ask the model even when the camera's frame is unchanged (default true).
+    pub reuse: Option<bool>,
 }
 
 /// The multipart/form-data body of a detect request (documentation only: parts are read one by
@@ -72,6 +82,10 @@ pub struct DetectForm {
     /// A behaviour name from `GET /v1/behaviors` (repeatable).
     behavior: Vec<String>,
     mode: Option<Mode>,
+    /// The camera that took the frame (or the `x-camera-id` header).
+    camera: Option<String>,
+    /// `false`: ask the model even when the camera's frame is unchanged.
+    reuse: Option<bool>,
 }
 
 /// A request that passed every model-independent check.
@@ -82,6 +96,27 @@ pub struct Checked {
     /// In the order answered: the free-text questions, then the behaviours' questions.
     pub questions: Vec<Asked>,
     pub mode: Mode,
+    /// One per question, in order: `q:` and the question's text, or `b:` and the behaviour's
+    /// name. What a camera's stored answers are keyed by (with the mode).
+    pub keys: Vec<String>,
+    pub camera: Option<CameraId>,
+    /// Answers may be reused (the request did not say `reuse=false`).
+    pub reuse: bool,
+}
+
+impl Checked {
+    /// The same frame with only the questions at `indices` (in increasing order).
+    pub fn only(&self, indices: &[usize]) -> Checked {
+        let pick = |i: &usize| self.questions.get(*i).cloned();
+        Checked {
+            image: self.image.clone(),
+            questions: indices.iter().filter_map(pick).collect(),
+            mode: self.mode,
+            keys: indices.iter().filter_map(|i| self.keys.get(*i).cloned()).collect(),
+            camera: self.camera.clone(),
+            reuse: self.reuse,
+        }
+    }
 }
 
 /// One question to answer, and the catalogue behaviour it came from.
@@ -112,6 +147,14 @@ pub fn check(raw: RawDetect, limits: &RequestLimits, behaviors: Option<&Catalogu
         Some(other) => return Err(ApiError::BadMode(other.to_string())),
     };
     let count = raw.questions.len() + raw.behaviors.len();
+    let camera = raw.camera.as_deref().map(|c| CameraId::parse(c.trim())).transpose()?;
+    let reuse = match raw.reuse.as_deref().map(str::trim) {
+        None | Some("") | Some("true") => true,
+        Some("false") => false,
+        Some(other) => return Err(ApiError::BadReuse(other.to_string())),
+    };
+    let mut keys: Vec<String> = raw.questions.iter().map(|q| format!("q:{q}")).collect();
+    keys.extend(raw.behaviors.iter().map(|b| format!("b:{}", b.trim())));
     let mut asked: Vec<Asked> = raw.questions.into_iter().map(|text| Asked { text, behavior: None }).collect();
     for name in raw.behaviors {
         let name = name.trim().to_string();
@@ -138,11 +181,11 @@ pub fn check(raw: RawDetect, limits: &RequestLimits, behaviors: Option<&Catalogu
         }
     }
     let image = raw.image.filter(|b| !b.is_empty()).ok_or(ApiError::MissingImage)?;
-    Ok(Checked { image, questions: asked, mode })
+    Ok(Checked { image, questions: asked, mode, keys, camera, reuse })
 }
 
 /// The answers to one frame's questions.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct DetectResponse {
     pub request_id: String,
     pub model: String,
@@ -150,13 +193,28 @@ pub struct DetectResponse {
     /// In the order asked: questions, then behaviours.
     pub answers: Vec<AnswerOut>,
     pub timings_ms: Timings,
-    /// Frames in the inference batch this frame was part of.
-    #[schema(minimum = 1)]
+    /// Frames in the inference batch this frame was part of (0: every answer was reused).
+    #[schema(minimum = 0)]
     pub batch_frames: usize,
+    /// What was done with the frame for its camera (requests that name one, where reuse runs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub camera: Option<CameraOut>,
+}
+
+/// A named camera's frame, as the service saw it.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct CameraOut {
+    pub id: String,
+    /// `new` (no recent state for the camera), `unchanged` (same scene as the stored answers),
+    /// `changed`, `reuse_off` (by the request or the server), `store_unavailable` (answered
+    /// without reuse), `unreadable` (the frame's signature failed; the model decides).
+    pub frame: String,
+    /// Answers taken from the camera's stored ones.
+    pub reused: usize,
 }
 
 /// One question's answer.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[schema(as = Answer)]
 pub struct AnswerOut {
     pub question: String,
@@ -172,11 +230,20 @@ pub struct AnswerOut {
     /// probability ≥ the behaviour's threshold; yesno mode, behaviours only.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub detected: Option<bool>,
+    /// Taken from the camera's stored answers: the frame is unchanged since they were computed.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub reused: bool,
+    /// A reused answer's age, in ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub age_ms: Option<u64>,
+    /// The request that computed a reused answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub computed_by: Option<String>,
 }
 
 /// Where the time went, in milliseconds (also sent as x-queue-ms, x-preprocess-ms,
 /// x-inference-ms, x-total-ms and Server-Timing).
-#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, ToSchema)]
 pub struct Timings {
     pub queue: f64,
     pub preprocess: f64,
@@ -230,7 +297,7 @@ mod tests {
             image: Some(Bytes::from_static(b"x")),
             questions: questions.iter().map(|s| s.to_string()).collect(),
             behaviors: behaviors.iter().map(|s| s.to_string()).collect(),
-            mode: None,
+            ..RawDetect::default()
         }
     }
 

@@ -10,6 +10,7 @@
 
 pub mod backend;
 pub mod behaviors;
+pub mod camera;
 pub mod cloudwatch;
 pub mod detect;
 pub mod frame;

@@ -143,6 +143,7 @@ impl Infer {
             .map_err(|_| ApiError::ShuttingDown)?;
         let preprocessor = self.preprocessor.clone();
         let image = checked.image;
+        let camera = checked.camera.as_ref().map(|c| c.shared());
         let pre_started = Instant::now();
         let pixels = tokio::task::spawn_blocking(move || {
             let _permit = permit;
@@ -153,7 +154,7 @@ impl Infer {
         let preprocess = pre_started.elapsed();
 
         let (reply, answer) = tokio::sync::oneshot::channel();
-        self.engine.submit(Job { pixels, questions, mode, deadline, enqueued: Instant::now(), reply })?;
+        self.engine.submit(Job { pixels, questions, mode, deadline, enqueued: Instant::now(), camera, reply })?;
         let result = match tokio::time::timeout_at(deadline.into(), answer).await {
             Err(_) => return Err(ApiError::DeadlineExceeded),
             Ok(Err(_)) => return Err(ApiError::Internal("the model replica dropped the request".into())),
@@ -176,6 +177,9 @@ impl Infer {
                 answer: a.answer,
                 probability: a.probability,
                 behavior: asked.behavior.map(|(name, _)| name),
+                reused: false,
+                age_ms: None,
+                computed_by: None,
             })
             .collect();
         let timings = Timings {
@@ -207,6 +211,7 @@ impl From<EngineError> for ApiError {
         match e {
             EngineError::Expired => ApiError::DeadlineExceeded,
             EngineError::Inference(msg) => ApiError::Internal(msg),
+            EngineError::Superseded => ApiError::Superseded,
         }
     }
 }

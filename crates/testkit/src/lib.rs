@@ -10,6 +10,7 @@
 //! - [`checks`]: external validators (promtool, the OpenAPI validator)
 //! - [`poll`]: bounded waiting for a condition
 //! - [`localstack`]: the CloudWatch emulator as a child process
+//! - [`redis`]: Redis as a child process (the camera store a fleet shares)
 //!
 //! The usual items are re-exported here: `use blipserve_testkit::*;`.
 
@@ -20,6 +21,7 @@ pub mod localstack;
 pub mod metrics;
 pub mod paths;
 pub mod poll;
+pub mod redis;
 pub mod server;
 
 pub use checks::{openapi_validate, promtool_check};
@@ -27,6 +29,7 @@ pub use forms::detect_form;
 pub use frames::{grey_jpeg, grey_png, jpeg, png, png_claiming, rgb_png, rgba_png, synthetic_frame, Frame, Subsamp};
 pub use paths::{blipserve_exe, model_dir, op_fixtures, python, repo, run_python, write};
 pub use poll::{eventually, eventually_every};
+pub use redis::Redis;
 pub use server::{client, faulty_worker, Server};
 
 /// Says, on the test process's own stderr, that a test (or a part of one) cannot run on this

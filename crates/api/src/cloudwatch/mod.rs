@@ -12,6 +12,9 @@ pub const REQUESTS: &str = "Requests";
 pub const ERRORS: &str = "Errors";
 /// Detect requests refused with 429 because the queue was full (Count).
 pub const OVERLOADED: &str = "Overloaded";
+/// Answers a camera's stored answers gave instead of the model (sent when not zero; not a
+/// scaling signal: Requests on the workers counts the model's work).
+pub const REUSED_ANSWERS: &str = "ReusedAnswers";
 /// Detect request latency (Milliseconds, as a statistic set).
 pub const LATENCY: &str = "Latency";
 /// Frames waiting for a model replica, sampled every second (Count, as a statistic set).

@@ -13,7 +13,9 @@ use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 
 use super::tally::{Snapshot, StatSet, Tally};
-use super::{DIMENSION_SETS, DIM_BACKEND, DIM_GROUP, ERRORS, LATENCY, OVERLOADED, QUEUE_DEPTH, REQUESTS};
+use super::{
+    DIMENSION_SETS, DIM_BACKEND, DIM_GROUP, ERRORS, LATENCY, OVERLOADED, QUEUE_DEPTH, REQUESTS, REUSED_ANSWERS,
+};
 use crate::metrics::Registry;
 use crate::Backend;
 
@@ -369,6 +371,9 @@ fn datums(settings: &Settings, entry: &Entry) -> Vec<MetricDatum> {
         out.push(datum(REQUESTS, StandardUnit::Count).value(s.requests as f64).build());
         out.push(datum(ERRORS, StandardUnit::Count).value(s.errors as f64).build());
         out.push(datum(OVERLOADED, StandardUnit::Count).value(s.overloaded as f64).build());
+        if s.reused_answers > 0 {
+            out.push(datum(REUSED_ANSWERS, StandardUnit::Count).value(s.reused_answers as f64).build());
+        }
         if s.latency_ms.count > 0 {
             out.push(datum(LATENCY, StandardUnit::Milliseconds).statistic_values(stats(&s.latency_ms)).build());
         }

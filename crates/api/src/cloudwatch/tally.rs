@@ -35,6 +35,8 @@ pub struct Snapshot {
     pub overloaded: u64,
     pub latency_ms: StatSet,
     pub queue_depth: StatSet,
+    /// Answers taken from a camera's stored answers instead of the model.
+    pub reused_answers: u64,
 }
 
 /// The figures of the interval in progress.
@@ -55,6 +57,13 @@ impl Tally {
             s.overloaded += 1;
         }
         s.latency_ms.add(latency.as_secs_f64() * 1e3);
+    }
+
+    /// Answers of one frame taken from its camera's stored answers.
+    pub fn record_reused(&self, answers: u64) {
+        if answers > 0 {
+            self.current.lock().unwrap_or_else(PoisonError::into_inner).reused_answers += answers;
+        }
     }
 
     /// One sample of the queue's depth.

@@ -10,6 +10,7 @@ use axum::http::{header, HeaderMap};
 use base64::Engine as _;
 
 use super::error::ApiError;
+use crate::camera::CAMERA_HEADER;
 use crate::detect::{JsonDetect, RawDetect};
 
 /// A client (or the gateway) may shorten a request's deadline with this header: the
@@ -59,7 +60,15 @@ pub async fn parse_body(headers: &HeaderMap, bytes: Bytes) -> Result<RawDetect, 
             None => None,
             Some(text) => Some(Bytes::from(decode_base64(&text)?)),
         };
-        return Ok(RawDetect { image, questions: json.questions, behaviors: json.behaviors, mode: json.mode });
+        let raw = RawDetect {
+            image,
+            questions: json.questions,
+            behaviors: json.behaviors,
+            mode: json.mode,
+            camera: json.camera,
+            reuse: json.reuse.map(|r| r.to_string()),
+        };
+        return with_camera_header(headers, raw);
     }
     let request = Request::builder()
         .header(header::CONTENT_TYPE, content_type)
@@ -76,10 +85,27 @@ pub async fn parse_body(headers: &HeaderMap, bytes: Bytes) -> Result<RawDetect, 
             "question" | "questions" => raw.questions.push(field.text().await.map_err(bad)?),
             "behavior" | "behaviors" => raw.behaviors.push(field.text().await.map_err(bad)?),
             "mode" => raw.mode = Some(field.text().await.map_err(bad)?),
+            "camera" => raw.camera = Some(field.text().await.map_err(bad)?),
+            "reuse" => raw.reuse = Some(field.text().await.map_err(bad)?),
             other => return Err(ApiError::BadMultipart(format!("unknown field {other:?}"))),
         }
     }
-    Ok(raw)
+    with_camera_header(headers, raw)
+}
+
+/// The camera named by the `x-camera-id` header, unless the body names it: both must agree.
+fn with_camera_header(headers: &HeaderMap, mut raw: RawDetect) -> Result<RawDetect, ApiError> {
+    let Some(value) = headers.get(CAMERA_HEADER) else { return Ok(raw) };
+    let header = value.to_str().map_err(|_| ApiError::BadCamera(format!("the {CAMERA_HEADER} header is not ASCII")))?;
+    match &raw.camera {
+        Some(body) if body.trim() != header.trim() => Err(ApiError::BadCamera(format!(
+            "the {CAMERA_HEADER} header ({header:?}) and the camera field ({body:?}) differ"
+        ))),
+        _ => {
+            raw.camera = Some(header.to_string());
+            Ok(raw)
+        }
+    }
 }
 
 /// The whole body if it fits in `limit` bytes. A larger body is still read and discarded up to

@@ -60,6 +60,14 @@ pub enum ApiError {
     BadRequest(String),
     #[error("{0}")]
     UnknownPool(String),
+    #[error("bad camera: {0}")]
+    BadCamera(String),
+    #[error("reuse is {0:?}: use true or false")]
+    BadReuse(String),
+    #[error("camera {camera:?} sends faster than its rate; retry in {retry_after_ms} ms")]
+    CameraRateLimited { camera: String, retry_after_ms: u64 },
+    #[error("a newer frame from the same camera replaced this one in the queue")]
+    Superseded,
 }
 
 impl ApiError {
@@ -83,6 +91,8 @@ impl ApiError {
             Question { question: String::new(), source: QuestionError::Tokenizer(String::new()) },
             UnknownBehavior(String::new()),
             BadMode(String::new()),
+            BadCamera(String::new()),
+            BadReuse(String::new()),
             BadRequest(String::new()),
             Unauthorized,
             AdminDisabled,
@@ -92,6 +102,8 @@ impl ApiError {
             UnsupportedMediaType(String::new()),
             Image(ImageError::UnsupportedFormat(String::new())),
             Overloaded,
+            CameraRateLimited { camera: String::new(), retry_after_ms: 0 },
+            Superseded,
             Internal(String::new()),
             NotReady,
             ShuttingDown,
@@ -127,11 +139,14 @@ impl ApiError {
             | Question { .. }
             | UnknownBehavior(_)
             | BadMode(_)
+            | BadCamera(_)
+            | BadReuse(_)
             | BadRequest(_) => StatusCode::BAD_REQUEST,
             Unauthorized | AdminUnauthorized => StatusCode::UNAUTHORIZED,
             AdminDisabled => StatusCode::FORBIDDEN,
             UnknownPool(_) => StatusCode::NOT_FOUND,
-            Overloaded => StatusCode::TOO_MANY_REQUESTS,
+            Overloaded | CameraRateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Superseded => StatusCode::CONFLICT,
             ShuttingDown | NotReady | NoUpstream => StatusCode::SERVICE_UNAVAILABLE,
             DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
             Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -158,6 +173,10 @@ impl ApiError {
             Question { .. } => "bad_question",
             UnknownBehavior(_) => "unknown_behavior",
             BadMode(_) => "bad_mode",
+            BadCamera(_) => "bad_camera",
+            BadReuse(_) => "bad_reuse",
+            CameraRateLimited { .. } => "camera_rate_limited",
+            Superseded => "superseded",
             Unauthorized | AdminUnauthorized => "unauthorized",
             AdminDisabled => "admin_disabled",
             BadRequest(_) => "bad_request",
@@ -191,6 +210,9 @@ impl IntoResponse for ApiError {
         match self {
             ApiError::Overloaded | ApiError::NoUpstream => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            ApiError::CameraRateLimited { retry_after_ms, .. } => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(retry_after_ms.div_ceil(1000).max(1)));
             }
             ApiError::NotReady | ApiError::ShuttingDown => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("5"));

@@ -16,6 +16,7 @@
 //! starts the two tiers on local ports, for [`soak`] (a long run at part of the capacity, with
 //! every process sampled) and [`overload`] (three times the capacity, then back).
 
+pub mod cameras;
 pub mod chart;
 pub mod cluster;
 pub mod cost;

@@ -10,6 +10,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, Subcommand};
 
+use crate::loadtest::cameras::{self, CameraPlan, CameraReport};
 use crate::loadtest::cluster::ClusterPlan;
 use crate::loadtest::cost::Price;
 use crate::loadtest::overload::{self, OverloadPlan, OverloadReport};
@@ -54,6 +55,87 @@ enum Mode {
     /// at several times it, then at the share again: beyond capacity only 200, 429 or 503 with
     /// Retry-After; every request accounted for; service normal right after. Writes JSON.
     Overload(OverloadArgs),
+
+    /// Simulate a fleet of cameras against a detect endpoint: each films a still room with sensor
+    /// noise and JPEG re-encoding, sends frames with Poisson arrivals and a `camera` id, and now
+    /// and then a pet-sized sprite appears, moves or leaves.
+    ///
+    /// Reports frames, answers reused, model calls saved, and every changed frame answered from
+    /// reuse (fails, exit 1, if any); some reused frames are asked again with reuse=false to
+    /// compare answers. With --loud-factor, camera 0 sends that many times faster: the report
+    /// gives the quiet cameras' throughput and the loud one's 429s.
+    Cameras(CamerasArgs),
+}
+
+#[derive(Args, Debug)]
+struct CamerasArgs {
+    /// The detect endpoint
+    #[arg(long, env = "BLIPSERVE_LOADTEST_URL", default_value = "http://127.0.0.1:8080/v1/detect")]
+    url: String,
+
+    /// Cameras simulated
+    #[arg(long, default_value_t = 50)]
+    cameras: usize,
+
+    /// Frames per second of each camera (Poisson arrivals)
+    #[arg(long, default_value_t = 1.0)]
+    fps: f64,
+
+    /// How long the cameras send, in seconds
+    #[arg(long, default_value_t = 30.0)]
+    duration_s: f64,
+
+    /// Frame width
+    #[arg(long, default_value_t = 1280)]
+    width: usize,
+
+    /// Frame height
+    #[arg(long, default_value_t = 720)]
+    height: usize,
+
+    /// Question asked about every frame (repeatable)
+    #[arg(long = "question", default_values_t = crate::DEFAULT_QUESTIONS.map(String::from))]
+    questions: Vec<String>,
+
+    /// Chance that a frame shows an event (a pet appears, moves or leaves)
+    #[arg(long, default_value_t = 0.05)]
+    change_probability: f64,
+
+    /// Smallest pet, as a share of the frame's area
+    #[arg(long, default_value_t = 0.02)]
+    min_sprite: f64,
+
+    /// Largest pet, as a share of the frame's area
+    #[arg(long, default_value_t = 0.08)]
+    max_sprite: f64,
+
+    /// Send reuse=false with every frame (the baseline: every frame to the model)
+    #[arg(long)]
+    no_reuse: bool,
+
+    /// Ask every Nth reused frame again with reuse=false, to compare answers (0: never)
+    #[arg(long, default_value_t = 5)]
+    verify_every: usize,
+
+    /// Camera 0 sends this many times the others' rate (0: it stays silent)
+    #[arg(long, default_value_t = 1.0)]
+    loud_factor: f64,
+
+    /// Seed of the scenes, events and arrivals
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+
+    /// Per-request client timeout, in seconds
+    #[arg(long, default_value_t = 30.0)]
+    timeout_s: f64,
+
+    /// Bearer API key
+    #[arg(long, env = "BLIPSERVE_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
+
+    /// Write the report as JSON to this file
+    #[arg(long)]
+    json: Option<PathBuf>,
 }
 
 /// The two tiers a soak or overload run starts on local ports.
@@ -332,6 +414,7 @@ pub fn run(args: LoadtestArgs) -> anyhow::Result<()> {
         Some(Mode::Sweep(sweep)) => run_sweep(sweep),
         Some(Mode::Soak(args)) => run_soak(args),
         Some(Mode::Overload(args)) => run_overload(args),
+        Some(Mode::Cameras(args)) => run_cameras(args),
         None => run_single(args.single),
     }
 }
@@ -667,4 +750,73 @@ fn print_overload(report: &OverloadReport) {
     for p in &report.phases {
         println!("{}: {}", p.name, p.accounting);
     }
+}
+
+fn run_cameras(args: CamerasArgs) -> anyhow::Result<()> {
+    let plan = CameraPlan {
+        url: args.url,
+        cameras: args.cameras,
+        fps: args.fps,
+        duration: Duration::from_secs_f64(args.duration_s.max(0.0)),
+        size: (args.width.max(16), args.height.max(16)),
+        questions: args.questions,
+        change_probability: args.change_probability.clamp(0.0, 1.0),
+        sprite_area: (args.min_sprite.clamp(0.001, 0.5), args.max_sprite.clamp(args.min_sprite.clamp(0.001, 0.5), 0.5)),
+        reuse: !args.no_reuse,
+        verify_every: args.verify_every,
+        loud_factor: args.loud_factor.max(0.0),
+        seed: args.seed,
+        timeout: Duration::from_secs_f64(args.timeout_s.max(0.001)),
+        api_key: args.api_key,
+        id_prefix: loadtest::id_prefix(),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let report = runtime.block_on(cameras::run(plan))?;
+    print_cameras(&report);
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_string_pretty(&report)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    anyhow::ensure!(
+        report.changed_answered_from_reuse == 0,
+        "{} answers to changed frames came from reuse",
+        report.changed_answered_from_reuse
+    );
+    Ok(())
+}
+
+fn print_cameras(r: &CameraReport) {
+    let share = |part: u64, whole: u64| if whole == 0 { 0.0 } else { 100.0 * part as f64 / whole as f64 };
+    println!(
+        "{} cameras at {} frames/s for {:.1} s: {} frames answered ({} showed a changed scene)",
+        r.cameras, r.fps, r.elapsed_s, r.frames, r.frames_changed
+    );
+    println!(
+        "answers reused: {} of {} ({:.1} %); model calls {} ; saved {} ({:.1} % of frames)",
+        r.answers_reused,
+        r.answers,
+        share(r.answers_reused, r.answers),
+        r.model_calls,
+        r.model_calls_saved,
+        share(r.model_calls_saved, r.frames)
+    );
+    println!(
+        "changed frames answered from reuse: {} (smallest pet {:.2} % of the frame)",
+        r.changed_answered_from_reuse,
+        100.0 * r.smallest_sprite
+    );
+    let a = &r.agreement;
+    println!(
+        "reused vs fresh on {} frames: {} of {} answers the same, |ΔP| max {:.2e}, mean {:.2e}",
+        a.frames, a.same_answer, a.answers, a.max_abs_dp, a.mean_abs_dp
+    );
+    for (name, g) in [("quiet", Some(&r.quiet)), ("loud", r.loud.as_ref())] {
+        let Some(g) = g else { continue };
+        println!(
+            "{name} cameras ({}): sent {}, 200 {} ({:.2}/s), errors {:?}, 429 without Retry-After {}",
+            g.cameras, g.sent, g.ok, g.ok_per_s, g.errors, g.refused_without_retry_after
+        );
+    }
+    let l = &r.latency_ms;
+    println!("latency ms: p50 {:.1}, p90 {:.1}, p99 {:.1}, max {:.1}", l.p50, l.p90, l.p99, l.max);
 }

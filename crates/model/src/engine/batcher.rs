@@ -1,16 +1,17 @@
 //! The batcher thread: waits for an idle replica, then gathers the jobs that are waiting (or
 //! arrive within `max_wait`) into one batch of at most `max_batch_frames` frames, all in the
-//! same answer mode.
+//! same answer mode, taken from the queue's camera lanes in turn.
 
-use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{mpsc, Arc};
 use std::time::Instant;
 
+use super::queue::{FairQueue, Pop};
 use super::{EngineConfig, EngineError, EngineMetrics, Job};
 
 /// What the batcher thread owns.
 pub(super) struct Batcher {
     pub config: EngineConfig,
-    pub jobs: mpsc::Receiver<Job>,
+    pub jobs: Arc<FairQueue>,
     pub idle: mpsc::Receiver<usize>,
     pub workers: Vec<mpsc::Sender<Vec<Job>>>,
     pub metrics: EngineMetrics,
@@ -33,9 +34,9 @@ impl Batcher {
             let Ok(worker) = idle.recv() else { return };
             let first = match carried.take() {
                 Some(job) => job,
-                None => match jobs.recv() {
-                    Ok(job) => take(job),
-                    Err(_) => return, // queue closed: shutting down
+                None => match jobs.pop(None) {
+                    Pop::Job(job) => take(job),
+                    Pop::Empty | Pop::Closed => return, // queue closed: shutting down
                 },
             };
             let mode = first.mode;
@@ -43,10 +44,10 @@ impl Batcher {
             let until = Instant::now() + config.max_wait;
             while batch.len() < config.max_batch_frames && carried.is_none() {
                 // Returns at once when a job is already waiting.
-                match jobs.recv_timeout(until.saturating_duration_since(Instant::now())) {
-                    Ok(job) if job.mode == mode => batch.push(take(job)),
-                    Ok(job) => carried = Some(take(job)),
-                    Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => break,
+                match jobs.pop(Some(until)) {
+                    Pop::Job(job) if job.mode == mode => batch.push(take(job)),
+                    Pop::Job(job) => carried = Some(take(job)),
+                    Pop::Empty | Pop::Closed => break,
                 }
             }
             let now = Instant::now();

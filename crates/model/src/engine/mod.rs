@@ -9,6 +9,7 @@
 
 mod batcher;
 pub mod health;
+mod queue;
 mod worker;
 
 use std::path::PathBuf;
@@ -31,7 +32,8 @@ pub struct EngineMetrics {
     pub queue_depth: IntGauge,
     /// Frames per batch handed to a replica.
     pub batch_frames: Histogram,
-    /// Work dropped before inference: `cancelled` (client gone) or `expired` (deadline passed).
+    /// Work dropped before inference: `cancelled` (client gone), `expired` (deadline passed) or
+    /// `superseded` (a newer frame of the same camera took its place).
     pub dropped: IntCounterVec,
     /// 1 while inference is failing (see [`health`]).
     pub inference_failing: IntGauge,
@@ -70,6 +72,8 @@ pub struct EngineConfig {
     pub max_questions: usize,
     pub max_wait: Duration,
     pub queue_capacity: usize,
+    /// Frames one camera may have waiting (a newer one supersedes the oldest); 0: no bound.
+    pub per_camera_queue: usize,
     /// Failed batches in a row after which inference counts as failing.
     pub unhealthy_after_failed_batches: u32,
 }
@@ -81,6 +85,8 @@ pub struct Job {
     pub mode: AnswerMode,
     pub deadline: Instant,
     pub enqueued: Instant,
+    /// The camera that sent the frame: its lane in the queue.
+    pub camera: Option<Arc<str>>,
     pub reply: oneshot::Sender<Result<JobResult, EngineError>>,
 }
 
@@ -106,11 +112,13 @@ pub enum EngineError {
     Expired,
     #[error("inference failed: {0}")]
     Inference(String),
+    #[error("a newer frame from the same camera replaced this one in the queue")]
+    Superseded,
 }
 
 /// Handle to the running engine. Dropping it closes the queue; replicas finish what they hold.
 pub struct Engine {
-    queue: mpsc::SyncSender<Job>,
+    queue: Arc<queue::FairQueue>,
     loaded: Arc<AtomicUsize>,
     failed: Arc<AtomicBool>,
     replicas: usize,
@@ -123,7 +131,7 @@ impl Engine {
     /// Starts the replicas (each loads and warms its own copy of the model) and the batcher.
     /// Returns at once; `loaded` reports when every replica is ready, or the first load error.
     pub fn start(config: EngineConfig, metrics: EngineMetrics) -> (Engine, oneshot::Receiver<Result<(), String>>) {
-        let (queue, jobs) = mpsc::sync_channel::<Job>(config.queue_capacity);
+        let queue = Arc::new(queue::FairQueue::new(config.queue_capacity, config.per_camera_queue));
         let loaded = Arc::new(AtomicUsize::new(0));
         let failed = Arc::new(AtomicBool::new(false));
         let (loaded_tx, loaded_rx) = oneshot::channel();
@@ -142,22 +150,33 @@ impl Engine {
                 worker::spawn(id, &config, shared, metrics.clone())
             })
             .collect();
-        batcher::Batcher { config: config.clone(), jobs, idle: idle_rx, workers, metrics: metrics.clone() }.spawn();
+        batcher::Batcher {
+            config: config.clone(),
+            jobs: queue.clone(),
+            idle: idle_rx,
+            workers,
+            metrics: metrics.clone(),
+        }
+        .spawn();
         let engine = Engine { queue, loaded, failed, replicas, capacity: config.queue_capacity, metrics, health };
         (engine, loaded_rx)
     }
 
-    /// Queues a job, or refuses it at once when the queue is full.
+    /// Queues a job, or refuses it at once when the queue is full. A job it supersedes (its
+    /// camera's oldest waiting frame) is answered [`EngineError::Superseded`].
     pub fn submit(&self, job: Job) -> Result<(), SubmitError> {
         self.metrics.queue_depth.inc();
-        match self.queue.try_send(job) {
-            Ok(()) => Ok(()),
+        match self.queue.push(job) {
+            Ok(None) => Ok(()),
+            Ok(Some(superseded)) => {
+                self.metrics.queue_depth.dec();
+                self.metrics.dropped.with_label_values(&["superseded"]).inc();
+                let _ = superseded.reply.send(Err(EngineError::Superseded));
+                Ok(())
+            }
             Err(e) => {
                 self.metrics.queue_depth.dec();
-                Err(match e {
-                    mpsc::TrySendError::Full(_) => SubmitError::QueueFull,
-                    mpsc::TrySendError::Disconnected(_) => SubmitError::ShuttingDown,
-                })
+                Err(e)
             }
         }
     }
@@ -184,5 +203,12 @@ impl Engine {
 
     pub fn queue_depth(&self) -> usize {
         self.metrics.queue_depth.get().max(0) as usize
+    }
+}
+
+impl Drop for Engine {
+    /// Closes the queue: the batcher hands out what is queued, then stops.
+    fn drop(&mut self) {
+        self.queue.close();
     }
 }

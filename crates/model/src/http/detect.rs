@@ -43,10 +43,46 @@ async fn handle(state: &AppState, request_id: String, request: Request) -> Resul
     infer.check_ready()?;
     let raw = body::parse_body(&parts.headers, bytes?).await?;
     let checked = detect::check(raw, infer.limits(), Some(infer.behaviors()))?;
+    let mode = checked.mode;
 
-    let detection = infer.detect(checked, started, deadline).await?;
+    let cameras = &state.cameras;
+    let Some(camera) = checked.camera.clone() else {
+        let detection = infer.detect(checked, started, deadline).await?;
+        return render(DetectResponse {
+            request_id,
+            model: infer.model_id.clone(),
+            mode,
+            answers: detection.answers,
+            timings_ms: detection.timings,
+            batch_frames: detection.batch_frames,
+            camera: None,
+        });
+    };
+    cameras.admit(&camera).await?;
+    let plan = cameras.plan(&camera, &checked).await;
+    let pending = plan.pending();
+    if pending.is_empty() {
+        return render(plan.response(request_id, mode, started));
+    }
+    let detection = infer.detect(checked.only(&pending), started, deadline).await?;
+    let body = DetectResponse {
+        request_id: request_id.clone(),
+        model: infer.model_id.clone(),
+        mode,
+        answers: plan.merge(detection.answers.clone()),
+        timings_ms: detection.timings,
+        batch_frames: detection.batch_frames,
+        camera: Some(plan.describe()),
+    };
+    // The answer does not wait for the store.
+    let (cameras, model) = (cameras.clone(), infer.model_id.clone());
+    tokio::spawn(async move { cameras.record(plan, &detection.answers, &model, &request_id).await });
+    render(body)
+}
 
-    let t = detection.timings;
+/// The answer, its timings also as headers.
+fn render(body: DetectResponse) -> Result<Response, ApiError> {
+    let t = body.timings_ms;
     let mut headers = HeaderMap::new();
     for (name, value) in [
         ("x-queue-ms", t.queue),
@@ -62,14 +98,6 @@ async fn handle(state: &AppState, request_id: String, request: Request) -> Resul
     );
     headers
         .insert("server-timing", HeaderValue::try_from(server_timing).map_err(|e| ApiError::Internal(e.to_string()))?);
-    let body = DetectResponse {
-        request_id,
-        model: infer.model_id.clone(),
-        mode: detection.mode,
-        answers: detection.answers,
-        timings_ms: t,
-        batch_frames: detection.batch_frames,
-    };
     Ok((headers, Json(body)).into_response())
 }
 

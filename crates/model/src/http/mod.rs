@@ -11,6 +11,7 @@ use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use blipserve_api::camera::Cameras;
 use blipserve_api::detect::Behaviors;
 use blipserve_api::http::{self as api_http, openapi, Readiness};
 use blipserve_api::info::ServeInfo;
@@ -21,6 +22,8 @@ use crate::infer::Infer;
 /// What every handler shares.
 pub struct AppState {
     pub infer: Infer,
+    /// Reuse and per-camera admission.
+    pub cameras: Arc<Cameras>,
     pub requests: RequestMetrics,
     pub registry: Registry,
     /// Set on SIGTERM/SIGINT: /ready answers 503 so the load balancer stops sending.

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use blipserve_api::behaviors::{Behavior, Catalogue};
+use blipserve_api::camera::{CameraArgs, Cameras};
 use blipserve_api::cloudwatch::{CloudwatchArgs, Publisher};
 use blipserve_api::http::{self as api_http, ConnectionMetrics};
 use blipserve_api::info::{Batching, ModelInfo, ReplicaPlacement, ServeInfo};
@@ -62,6 +63,17 @@ pub struct ServeArgs {
     /// elsewhere instead of timing out)
     #[arg(long, env = "BLIPSERVE_QUEUE_CAPACITY", default_value_t = 64)]
     pub queue_capacity: usize,
+
+    /// Frames one camera may have waiting for a replica; a newer frame supersedes its oldest
+    /// waiting one (409 `superseded`). 0: no bound but the queue's (frames of different cameras
+    /// are batched in turn either way)
+    #[arg(long, env = "BLIPSERVE_CAMERA_QUEUE_LIMIT", default_value_t = 0)]
+    pub camera_queue_limit: usize,
+
+    /// Reuse and rate limits for named cameras (behind a gateway, give every worker the same
+    /// Redis store: any of them may receive a camera's next frame)
+    #[command(flatten)]
+    pub camera: CameraArgs,
 
     /// Failed batches in a row (across replicas) after which /ready turns 503 `inference_failing`
     /// until a replica's self-check forward pass succeeds (a bad NeuronCore or driver fails fast, and
@@ -136,6 +148,7 @@ pub fn run(args: ServeArgs, role: Role) -> anyhow::Result<()> {
         max_questions: limits.max_questions,
         max_wait: Duration::from_micros(args.max_wait_us),
         queue_capacity: args.queue_capacity.max(1),
+        per_camera_queue: args.camera_queue_limit,
         unhealthy_after_failed_batches: args.unhealthy_after_failed_batches,
     };
 
@@ -180,9 +193,19 @@ pub fn run(args: ServeArgs, role: Role) -> anyhow::Result<()> {
             admission,
         };
         let connections = (args.connections.limits(), ConnectionMetrics::new(&registry));
+        let tally = publisher.as_ref().map(Publisher::tally);
+        let settings = args.camera.settings()?;
+        eprintln!(
+            "blipserve: cameras: reuse {}, store {}, {} frames/s each",
+            if settings.reuse { "on" } else { "off" },
+            settings.store.describe(),
+            settings.rate
+        );
+        let cameras = Arc::new(Cameras::new(settings, load.image_limits, &registry, tally.clone())?);
         let state = Arc::new(AppState {
             infer: Infer::new(parts, &registry)?,
-            requests: RequestMetrics::new(&registry, publisher.as_ref().map(Publisher::tally)),
+            requests: RequestMetrics::new(&registry, tally),
+            cameras,
             registry,
             draining: Arc::new(AtomicBool::new(false)),
             api_keys: args.keys.api_keys.clone(),
