@@ -277,3 +277,81 @@ fn camera_ids_are_checked_and_requests_without_one_are_unchanged() {
     assert_eq!(fresh["camera"]["frame"], "reuse_off");
     assert!(fresh["answers"][0].get("reused").is_none(), "{fresh}");
 }
+
+/// A detect form of `questions` and `behaviors` about `frame` from `camera`.
+fn camera_form(frame: Vec<u8>, camera: &str, questions: &[&str], behaviors: &[&str]) -> Form {
+    let mut form =
+        Form::new().part("image", Part::bytes(frame).file_name("frame.jpg")).text("camera", camera.to_string());
+    for q in questions {
+        form = form.text("question", q.to_string());
+    }
+    for b in behaviors {
+        form = form.text("behavior", b.to_string());
+    }
+    form
+}
+
+#[test]
+fn the_gateway_answers_reused_questions_itself_and_forwards_only_the_new_ones() {
+    let workers: Vec<Server> =
+        (0..2).map(|_| Server::start_role(BIN, "worker", "tiny", 0, &["--threads", "1", "--replicas", "1"])).collect();
+    let dir = tempfile::tempdir().unwrap();
+    let urls: Vec<String> = workers.iter().map(|w| format!("\"{}\"", w.base)).collect();
+    let config = write(
+        dir.path(),
+        "gateway.toml",
+        format!(
+            "listen = \"127.0.0.1\"\nport = 0\n\n[[pools]]\nname = \"cpu\"\nbackend = \"cpu\"\nweight = 100\nurls = [{}]\n",
+            urls.join(", ")
+        )
+        .as_bytes(),
+    );
+    let gateway = Server::spawn(BIN, &["gateway".into(), "--config".into(), config.into_os_string()]);
+    gateway.wait_ready(Duration::from_secs(30));
+    let model_frames = || workers.iter().map(model_frames).sum::<f64>();
+    let post = |form: Form, id: &str| -> Value {
+        let resp = client().post(gateway.url("/v1/detect")).header("x-request-id", id).multipart(form).send().unwrap();
+        assert_eq!(resp.status(), 200);
+        resp.json().unwrap()
+    };
+    let mut scene = Scene::new(SIZE, 9, (0.03, 0.05));
+    let questions = ["is the dog barking?", "is the pet on the sofa?"];
+
+    let start = model_frames();
+    let first = post(camera_form(scene.frame().unwrap(), "gw-cam", &questions, &["barking"]), "gw-1");
+    assert_eq!(first["camera"]["frame"], "new", "{first}");
+    assert_eq!(model_frames(), start + 1.0);
+    let answered = |body: &Value| body["answers"].as_array().unwrap().clone();
+    // The state is stored just after the answer: soon the same scene is reused.
+    assert!(eventually(Duration::from_secs(5), || {
+        let again = post(camera_form(scene.frame().unwrap(), "gw-cam", &questions, &["barking"]), "gw-2");
+        again["camera"]["frame"] == "unchanged" && again["batch_frames"] == 0
+    }));
+    let base = model_frames();
+    let again = post(camera_form(scene.frame().unwrap(), "gw-cam", &questions, &["barking"]), "gw-2b");
+    assert_eq!(again["camera"]["reused"], 3, "{again}");
+    assert_eq!(model_frames(), base, "a reused frame is answered by the gateway alone");
+
+    // One new question: only it goes to a worker; the others come back reused, in order.
+    let more = ["is the dog barking?", "is the cat asleep?", "is the pet on the sofa?"];
+    let mixed = post(camera_form(scene.frame().unwrap(), "gw-cam", &more, &["barking"]), "gw-3");
+    assert_eq!(model_frames(), base + 1.0, "one frame, one question, to a worker");
+    let answers = answered(&mixed);
+    assert_eq!(answers.len(), 4, "{mixed}");
+    assert_eq!(mixed["camera"]["reused"], 3, "{mixed}");
+    let first_answers = answered(&first);
+    for (got, (question, reused)) in answers.iter().zip([(more[0], true), (more[1], false), (more[2], true)]) {
+        assert_eq!(got["question"], question);
+        assert_eq!(got.get("reused").is_some(), reused, "{got}");
+    }
+    assert_eq!(answers[0]["probability"], first_answers[0]["probability"]);
+    assert_eq!(answers[3]["behavior"], "barking");
+    assert_eq!(answers[3]["computed_by"], first["request_id"]);
+    // The fresh answer joins the camera's state: now all four are reused.
+    assert!(eventually(Duration::from_secs(5), || {
+        let all = post(camera_form(scene.frame().unwrap(), "gw-cam", &more, &["barking"]), "gw-4");
+        all["camera"]["reused"] == 4
+    }));
+    let text = gateway.metrics_text();
+    assert!(metrics::value(&text, "blipserve_camera_answers_reused_total") >= 7.0);
+}

@@ -20,6 +20,9 @@ pub struct ServeInfo {
     pub threads_per_replica: usize,
     pub batching: Batching,
     pub limits: LimitsInfo,
+    /// Reuse and per-camera rates (`serve`; a worker leaves them to its gateway).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cameras: Option<crate::camera::CameraInfo>,
     /// API keys are required on /v1/detect.
     pub auth: bool,
     /// Every replica loaded and warmed, and not draining.
@@ -63,4 +66,6 @@ pub struct Batching {
     pub max_batch_frames: usize,
     pub max_wait_us: u64,
     pub queue_capacity: usize,
+    /// Frames one camera may have waiting (0: no bound but the queue's).
+    pub camera_queue_limit: usize,
 }

@@ -124,6 +124,32 @@ impl CameraArgs {
     }
 }
 
+/// The camera settings, as `GET /v1/info` shows them.
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct CameraInfo {
+    /// `memory` or `redis`.
+    pub store: String,
+    pub reuse: bool,
+    pub reuse_max_age_ms: u64,
+    pub change_threshold: u8,
+    /// Frames per second per camera (0: no limit).
+    pub rate_per_s: f64,
+    pub burst: u32,
+}
+
+impl From<&CameraSettings> for CameraInfo {
+    fn from(s: &CameraSettings) -> CameraInfo {
+        CameraInfo {
+            store: s.store.describe(),
+            reuse: s.reuse,
+            reuse_max_age_ms: s.max_age.as_millis() as u64,
+            change_threshold: s.threshold,
+            rate_per_s: s.rate,
+            burst: s.burst,
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct CameraSettings {
     pub store: store::Location,

@@ -22,6 +22,7 @@ use serde_json::Value;
 
 use super::pools::{self, Attempt, Pool, Snapshot, Upstream};
 use super::Gateway;
+use crate::camera::{CameraId, Plan};
 use crate::detect;
 use crate::frame::check_header;
 use crate::http::body::{self, TIMEOUT_HEADER};
@@ -114,8 +115,9 @@ fn worker_budget(remaining: Duration) -> Duration {
 
 /// Checks, then forwards until a worker answers. Returns the response and its outcome label.
 async fn forward(gw: &Gateway, request_id: &str, request: Request) -> Result<(Response, String), ApiError> {
+    let started = Instant::now();
     let s = &gw.settings;
-    let deadline = body::deadline(request.headers(), Instant::now(), s.limits.request_timeout);
+    let deadline = body::deadline(request.headers(), started, s.limits.request_timeout);
     let (parts, body) = request.into_parts();
     let bytes = body::read_before(body, s.limits.max_body_bytes, deadline).await?;
     http::authorize(&s.api_keys, &parts.headers)?;
@@ -123,11 +125,28 @@ async fn forward(gw: &Gateway, request_id: &str, request: Request) -> Result<(Re
     let raw = body::parse_body(&parts.headers, bytes.clone()).await?;
     let checked = detect::check(raw, &s.limits, None)?;
     check_header(&checked.image, &s.image_limits)?;
-    drop(checked);
 
-    // The original bytes and content type go to the worker: nothing is re-encoded.
-    let content_type =
+    // The original bytes and content type go to the worker: nothing is re-encoded, unless some
+    // of a camera's answers are reused and only the other questions are asked.
+    let mut content_type =
         parts.headers.get(header::CONTENT_TYPE).cloned().ok_or(ApiError::UnsupportedMediaType(String::new()))?;
+    let mut bytes = bytes;
+    let mut plan = None;
+    if let Some(camera) = &checked.camera {
+        gw.cameras.admit(camera).await?;
+        let camera_plan = gw.cameras.plan(camera, &checked).await;
+        let pending = camera_plan.pending();
+        if pending.is_empty() {
+            let body = camera_plan.response(request_id.to_string(), checked.mode, started);
+            return Ok((axum::Json(body).into_response(), "ok".into()));
+        }
+        if pending.len() < checked.keys.len() {
+            let keys: Vec<&str> = pending.iter().map(|i| checked.keys[*i].as_str()).collect();
+            (content_type, bytes) = questions_form(&checked.image, &keys, checked.mode, camera);
+        }
+        plan = Some(camera_plan);
+    }
+    drop(checked);
     let authorization = parts.headers.get(header::AUTHORIZATION).cloned();
     let snapshot = gw.pools.current();
     let mut attempts = Attempts::new(gw, &snapshot);
@@ -182,7 +201,13 @@ async fn forward(gw: &Gateway, request_id: &str, request: Request) -> Result<(Re
         let status = response.status();
         if status == StatusCode::OK {
             record(Attempt::Ok);
-            return Ok((relay_stream(response, flight, pool, attempts.count()), "ok".into()));
+            let Some(plan) = plan else {
+                return Ok((relay_stream(response, flight, pool, attempts.count()), "ok".into()));
+            };
+            let relayed = Relayed::read(response, pool, attempts.count(), deadline)
+                .await
+                .map_err(|e| ApiError::Internal(format!("reading the worker's answer: {e}")))?;
+            return with_reused(gw, plan, relayed, request_id);
         }
         // An error answer is small: read it whole, to learn its code and free the connection.
         let relayed = match Relayed::read(response, pool, attempts.count(), deadline).await {
@@ -234,6 +259,51 @@ async fn forward(gw: &Gateway, request_id: &str, request: Request) -> Result<(Re
         return Err(ApiError::DeadlineExceeded);
     }
     Err(ApiError::NoUpstream)
+}
+
+/// A multipart detect body asking `keys` (`q:` question, `b:` behaviour) about `image`.
+fn questions_form(image: &[u8], keys: &[&str], mode: detect::Mode, camera: &CameraId) -> (HeaderValue, Bytes) {
+    let boundary = format!("blipserve-{}", uuid::Uuid::new_v4().simple());
+    let mut body = Vec::with_capacity(image.len() + 512);
+    let mut part = |name: &str, value: &[u8]| {
+        let filename = if name == "image" { "; filename=\"frame\"" } else { "" };
+        body.extend_from_slice(
+            format!("--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"{filename}\r\n\r\n").as_bytes(),
+        );
+        body.extend_from_slice(value);
+        body.extend_from_slice(b"\r\n");
+    };
+    part("image", image);
+    for key in keys {
+        match key.split_at(2) {
+            ("q:", question) => part("question", question.as_bytes()),
+            (_, behavior) => part("behavior", behavior.as_bytes()),
+        }
+    }
+    part("mode", mode.as_str().as_bytes());
+    part("camera", camera.as_str().as_bytes());
+    body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
+    let content_type = HeaderValue::try_from(format!("multipart/form-data; boundary={boundary}")).expect("ASCII");
+    (content_type, Bytes::from(body))
+}
+
+/// The worker's answer to a camera's pending questions, merged with the reused ones; the fresh
+/// answers are stored for the camera without delaying the client.
+fn with_reused(gw: &Gateway, plan: Plan, relayed: Relayed, request_id: &str) -> Result<(Response, String), ApiError> {
+    let mut body: detect::DetectResponse = serde_json::from_slice(&relayed.body)
+        .map_err(|e| ApiError::Internal(format!("the worker's answer does not parse: {e}")))?;
+    let fresh = std::mem::take(&mut body.answers);
+    body.answers = plan.merge(fresh.clone());
+    body.camera = Some(plan.describe());
+    let (cameras, model, request_id) = (gw.cameras.clone(), body.model.clone(), request_id.to_string());
+    tokio::spawn(async move { cameras.record(plan, &fresh, &model, &request_id).await });
+    let mut response = axum::Json(body).into_response();
+    for (name, value) in &relayed.headers {
+        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+            response.headers_mut().insert(name.clone(), value.clone());
+        }
+    }
+    Ok((response, "ok".into()))
 }
 
 fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {

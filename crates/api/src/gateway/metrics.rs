@@ -75,6 +75,11 @@ impl Default for GatewayMetrics {
 impl GatewayMetrics {
     /// The text exposition, with the pool gauges read from `snapshot` (pools removed by a
     /// reload disappear from them).
+    /// Where the gateway's other parts (the cameras) register their metrics.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
     pub fn render(&self, snapshot: &Snapshot) -> String {
         let now = std::time::Instant::now();
         for g in [&self.upstream_in_flight, &self.workers, &self.healthy_workers, &self.weight] {

@@ -23,6 +23,7 @@ use axum::{Json, Router};
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use crate::camera::{CameraSettings, Cameras};
 use crate::frame::ImageLimits;
 use crate::http::{self, openapi, Readiness};
 use crate::settings::{ConfigFile, LimitsInfo, RequestLimits};
@@ -50,6 +51,8 @@ pub struct Settings {
     pub outliers: pools::Outliers,
     /// Idle pooled connections to upstreams are closed after this long.
     pub upstream_idle_timeout: Duration,
+    /// Reuse and per-camera admission for requests that name their camera.
+    pub cameras: CameraSettings,
 }
 
 pub struct Gateway {
@@ -63,6 +66,8 @@ pub struct Gateway {
     pub draining: Arc<AtomicBool>,
     /// The file SIGHUP re-reads, as it was last applied.
     file: Mutex<ConfigFile>,
+    /// Reuse and per-camera admission: where a request first arrives.
+    pub(crate) cameras: Arc<Cameras>,
 }
 
 impl Gateway {
@@ -81,10 +86,14 @@ impl Gateway {
             .pool_max_idle_per_host(2)
             .tcp_nodelay(true)
             .build()?;
+        let metrics = GatewayMetrics::default();
+        let cameras =
+            Arc::new(Cameras::new(settings.cameras.clone(), settings.image_limits, metrics.registry(), None)?);
         Ok(Gateway {
             settings,
             pools: Arc::new(Pools::new(&pools)),
-            metrics: GatewayMetrics::default(),
+            metrics,
+            cameras,
             client,
             probe_client,
             draining: Arc::new(AtomicBool::new(false)),
@@ -160,6 +169,8 @@ pub struct GatewayInfo {
     pub pools: Vec<PoolInfo>,
     pub limits: LimitsInfo,
     pub forwarding: Forwarding,
+    /// Reuse and per-camera rates.
+    pub cameras: crate::camera::CameraInfo,
     /// API keys are required on /v1/detect.
     pub auth: bool,
     /// The admin API is on.
@@ -214,6 +225,7 @@ async fn info(State(gw): State<Arc<Gateway>>) -> Json<GatewayInfo> {
             eject_ms: ms(s.eject),
             connect_timeout_ms: ms(s.connect_timeout),
         },
+        cameras: (&s.cameras).into(),
         auth: !s.api_keys.is_empty(),
         admin: s.admin_key.is_some(),
     })

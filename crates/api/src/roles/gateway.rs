@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 
+use crate::camera::CameraArgs;
 use crate::gateway::pools::Outliers;
 use crate::gateway::{self, Gateway, Settings};
 use crate::http;
@@ -77,6 +78,11 @@ pub struct GatewayArgs {
     #[arg(long, env = "BLIPSERVE_LB_EJECT_MIN_REQUESTS", default_value_t = 20)]
     pub lb_eject_min_requests: u64,
 
+    /// Reuse and rate limits for named cameras: answered here, before any worker (give every
+    /// gateway the same Redis store)
+    #[command(flatten)]
+    pub camera: CameraArgs,
+
     #[command(flatten)]
     pub connections: ConnectionArgs,
 
@@ -107,6 +113,7 @@ pub fn run(args: GatewayArgs) -> anyhow::Result<()> {
             min_requests: args.lb_eject_min_requests,
         },
         upstream_idle_timeout: ms(args.upstream_idle_timeout_ms),
+        cameras: args.camera.settings()?,
     };
     let addr = args.listen.addr();
 

@@ -45,8 +45,7 @@ async fn handle(state: &AppState, request_id: String, request: Request) -> Resul
     let checked = detect::check(raw, infer.limits(), Some(infer.behaviors()))?;
     let mode = checked.mode;
 
-    let cameras = &state.cameras;
-    let Some(camera) = checked.camera.clone() else {
+    let Some((cameras, camera)) = state.cameras.as_ref().zip(checked.camera.clone()) else {
         let detection = infer.detect(checked, started, deadline).await?;
         return render(DetectResponse {
             request_id,

@@ -22,8 +22,8 @@ use crate::infer::Infer;
 /// What every handler shares.
 pub struct AppState {
     pub infer: Infer,
-    /// Reuse and per-camera admission.
-    pub cameras: Arc<Cameras>,
+    /// Reuse and per-camera admission (`serve`; a worker leaves them to its gateway).
+    pub cameras: Option<Arc<Cameras>>,
     pub requests: RequestMetrics,
     pub registry: Registry,
     /// Set on SIGTERM/SIGINT: /ready answers 503 so the load balancer stops sending.

@@ -70,8 +70,8 @@ pub struct ServeArgs {
     #[arg(long, env = "BLIPSERVE_CAMERA_QUEUE_LIMIT", default_value_t = 0)]
     pub camera_queue_limit: usize,
 
-    /// Reuse and rate limits for named cameras (behind a gateway, give every worker the same
-    /// Redis store: any of them may receive a camera's next frame)
+    /// Reuse and rate limits for named cameras (`serve`; a worker leaves them to its gateway,
+    /// and only batches by camera)
     #[command(flatten)]
     pub camera: CameraArgs,
 
@@ -194,14 +194,13 @@ pub fn run(args: ServeArgs, role: Role) -> anyhow::Result<()> {
         };
         let connections = (args.connections.limits(), ConnectionMetrics::new(&registry));
         let tally = publisher.as_ref().map(Publisher::tally);
-        let settings = args.camera.settings()?;
-        eprintln!(
-            "blipserve: cameras: reuse {}, store {}, {} frames/s each",
-            if settings.reuse { "on" } else { "off" },
-            settings.store.describe(),
-            settings.rate
-        );
-        let cameras = Arc::new(Cameras::new(settings, load.image_limits, &registry, tally.clone())?);
+        // Where requests first arrive: behind a gateway, the gateway reuses and rate-limits.
+        let cameras = match role {
+            Role::Serve => {
+                Some(Arc::new(Cameras::new(args.camera.settings()?, load.image_limits, &registry, tally.clone())?))
+            }
+            Role::Worker => None,
+        };
         let state = Arc::new(AppState {
             infer: Infer::new(parts, &registry)?,
             requests: RequestMetrics::new(&registry, tally),
@@ -286,6 +285,11 @@ fn describe(
             max_batch_frames: engine.max_batch_frames,
             max_wait_us: engine.max_wait.as_micros() as u64,
             queue_capacity: engine.queue_capacity,
+            camera_queue_limit: engine.per_camera_queue,
+        },
+        cameras: match role {
+            Role::Serve => args.camera.settings().ok().map(|s| (&s).into()),
+            Role::Worker => None,
         },
         limits: LimitsInfo::new(limits, &engine.load.image_limits, Some(manifest.max_question_len)),
         auth: !args.keys.api_keys.is_empty(),
