@@ -168,9 +168,11 @@ fn a_fleet_shares_camera_state_through_redis_and_survives_its_outage() {
 
 #[test]
 fn one_loud_camera_does_not_starve_the_others() {
-    // Each quiet camera sends 2 frames/s; a camera may send 4/s (burst 6).
+    // Each quiet camera sends 2 frames/s; a camera may send 4/s (burst 6) and have 2 frames
+    // waiting (a newer one supersedes the oldest), so the queue cannot fill with one camera's.
     let fps = 2.0;
-    let server = Server::start(BIN, "tiny", &["--camera-rate", "4", "--camera-burst", "6"]);
+    let protection = ["--camera-rate", "4", "--camera-burst", "6", "--camera-queue-limit", "2"];
+    let server = Server::start(BIN, "tiny", &protection);
     let url = server.url("/v1/detect");
     // Capacity: a closed loop of frames without a camera.
     let frame = Scene::new(SIZE, 1, (0.02, 0.08)).frame().unwrap();
@@ -195,8 +197,9 @@ fn one_loud_camera_does_not_starve_the_others() {
     let plan = CameraPlan { reuse: false, seed: 3, ..fleet(&url, quiet + 1, fps, 8.0) };
     let alone = run(CameraPlan { loud_factor: 0.0, ..plan.clone() });
     let with_loud = run(CameraPlan { loud_factor: 20.0, ..plan.clone() });
-    // The same beside a server without per-camera rates: what the limit protects against.
-    let unlimited = Server::start(BIN, "tiny", &["--camera-rate", "0"]);
+    // The same beside a server without per-camera rates or queue limits: what they protect
+    // against.
+    let unlimited = Server::start(BIN, "tiny", &["--camera-rate", "0", "--camera-queue-limit", "0"]);
     let unprotected = run(CameraPlan {
         loud_factor: 20.0,
         url: unlimited.url("/v1/detect"),

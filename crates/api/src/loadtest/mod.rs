@@ -138,6 +138,20 @@ pub struct Percentiles {
     pub mean: f64,
 }
 
+impl Percentiles {
+    /// In milliseconds, from a histogram of microseconds.
+    pub fn of_micros(h: &Histogram<u64>) -> Percentiles {
+        let ms = |us: u64| us as f64 / 1000.0;
+        Percentiles {
+            p50: ms(h.value_at_quantile(0.50)),
+            p90: ms(h.value_at_quantile(0.90)),
+            p99: ms(h.value_at_quantile(0.99)),
+            max: ms(h.max()),
+            mean: h.mean() / 1000.0,
+        }
+    }
+}
+
 struct Tally {
     latency_us: Histogram<u64>,
     ok: u64,
@@ -267,7 +281,6 @@ pub async fn run(plan: Plan, progress: impl Fn(u64, Duration) + Send + Sync + 's
     let elapsed = started.elapsed();
     let tally = tally.lock().unwrap_or_else(|p| p.into_inner());
     let h = &tally.latency_us;
-    let ms = |us: u64| us as f64 / 1000.0;
     let requests = tally.ok + tally.errors.values().sum::<u64>() + tally.invalid.values().sum::<u64>();
     Ok(Report {
         url: plan.url.clone(),
@@ -278,13 +291,7 @@ pub async fn run(plan: Plan, progress: impl Fn(u64, Duration) + Send + Sync + 's
         errors: tally.errors.clone(),
         elapsed_s: elapsed.as_secs_f64(),
         throughput_per_s: tally.ok as f64 / elapsed.as_secs_f64().max(1e-9),
-        latency_ms: Percentiles {
-            p50: ms(h.value_at_quantile(0.50)),
-            p90: ms(h.value_at_quantile(0.90)),
-            p99: ms(h.value_at_quantile(0.99)),
-            max: ms(h.max()),
-            mean: h.mean() / 1000.0,
-        },
+        latency_ms: Percentiles::of_micros(h),
         invalid: tally.invalid.clone(),
         unmatched_ids: tally.unmatched_ids,
         refused_without_retry_after: tally.refused_without_retry_after,
