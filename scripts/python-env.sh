@@ -2,7 +2,7 @@
 # Creates the pinned Python environment once, in a cache outside the checkout keyed by the
 # requirement files and the interpreter, and links it into the checkout as .venv.
 #   scripts/python-env.sh            -> .venv       (torch, transformers: export, parity reference)
-#   scripts/python-env.sh tools      -> .venv-tools (checkers the tests run: OpenAPI validator)
+#   scripts/python-env.sh tools      -> .venv-tools (what the tests run: OpenAPI validator, tritonclient)
 #   scripts/python-env.sh localstack -> .venv-localstack (the CloudWatch emulator the tests run)
 # BLIPSERVE_CACHE overrides the cache folder (default: $XDG_CACHE_HOME/blipserve or ~/.cache/blipserve).
 set -euo pipefail

@@ -21,6 +21,7 @@ pub mod http;
 pub mod info;
 pub mod loadtest;
 pub mod metrics;
+pub mod oip;
 pub mod roles;
 pub mod settings;
 

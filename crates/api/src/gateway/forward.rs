@@ -28,6 +28,7 @@ use crate::frame::check_header;
 use crate::http::body::{self, TIMEOUT_HEADER};
 use crate::http::error::ApiError;
 use crate::http::{self, RequestId};
+use crate::oip;
 
 /// The workers one request tries, in order: never one twice, at most `max_attempts`; each
 /// attempt after the first counts as a retry of the pool that failed before it.
@@ -107,6 +108,50 @@ pub(super) async fn behaviors(State(gw): State<Arc<Gateway>>) -> Response {
     ApiError::NoUpstream.into_response()
 }
 
+/// The workers' model id: known, or asked of a worker's `/v1/info`.
+async fn model_id(gw: &Gateway) -> Option<String> {
+    if let Some(id) = gw.model_id() {
+        return Some(id);
+    }
+    let snapshot = gw.pools.current();
+    let mut attempts = Attempts::new(gw, &snapshot);
+    while let Some((_, upstream)) = attempts.next() {
+        let url = format!("{}/v1/info", upstream.url);
+        let info = async { gw.client.get(url).timeout(Duration::from_secs(5)).send().await?.bytes().await };
+        let info = info.await.ok().and_then(|body| serde_json::from_slice::<Value>(&body).ok());
+        if let Some(id) = info.and_then(|v| v["model"]["id"].as_str().map(str::to_string)) {
+            gw.learn_model_id(&id);
+            return Some(id);
+        }
+    }
+    None
+}
+
+/// `GET /v2/models/{name}` on the gateway: the workers' model.
+pub(super) async fn v2_model(
+    State(gw): State<Arc<Gateway>>,
+    axum::extract::Path(name): axum::extract::Path<String>,
+) -> Response {
+    match model_id(&gw).await {
+        Some(id) if id == name => axum::Json(oip::model_metadata(&id)).into_response(),
+        Some(_) => oip::error(ApiError::UnknownModel(name)),
+        None => oip::error(ApiError::NoUpstream),
+    }
+}
+
+/// `GET /v2/models/{name}/ready` on the gateway.
+pub(super) async fn v2_model_ready(
+    State(gw): State<Arc<Gateway>>,
+    axum::extract::Path(name): axum::extract::Path<String>,
+) -> Response {
+    match model_id(&gw).await {
+        Some(id) if id == name && gw.readiness() == crate::http::Readiness::Ready => StatusCode::OK.into_response(),
+        Some(id) if id == name => StatusCode::SERVICE_UNAVAILABLE.into_response(),
+        Some(_) => oip::error(ApiError::UnknownModel(name)),
+        None => oip::error(ApiError::NoUpstream),
+    }
+}
+
 /// The share of the remaining time the worker is given, so that its own 504 (rather than the
 /// gateway's timeout) reaches the client when the deadline passes.
 fn worker_budget(remaining: Duration) -> Duration {
@@ -123,31 +168,119 @@ async fn forward(gw: &Gateway, request_id: &str, request: Request) -> Result<(Re
     http::authorize(&s.api_keys, &parts.headers)?;
     let bytes = bytes?;
     let raw = body::parse_body(&parts.headers, bytes.clone()).await?;
+    // The original bytes and content type go to the worker: nothing is re-encoded.
+    let content_type =
+        parts.headers.get(header::CONTENT_TYPE).cloned().ok_or(ApiError::UnsupportedMediaType(String::new()))?;
+    let sent = Sending { request_id, headers: &parts.headers, started, deadline };
+    match dispatch(gw, &sent, raw, Some((content_type, bytes))).await? {
+        Dispatched::Relayed(response, code) => Ok((response, code)),
+        Dispatched::Answer(body, headers) => {
+            let mut response = axum::Json(body).into_response();
+            copy_answer_headers(&headers, response.headers_mut());
+            Ok((response, "ok".into()))
+        }
+    }
+}
+
+/// `POST /v2/models/{name}/infer`: the Open Inference Protocol's request, translated to a detect
+/// request (checked, reused, forwarded, retried as one) and its answer back.
+pub(super) async fn infer_v2(
+    State(gw): State<Arc<Gateway>>,
+    Extension(RequestId(request_id)): Extension<RequestId>,
+    axum::extract::Path(params): axum::extract::Path<Vec<(String, String)>>,
+    request: Request,
+) -> Response {
+    let mut outcome = gw.metrics.requests.begin();
+    let model = params.into_iter().find(|(k, _)| k == "name").map(|(_, v)| v).unwrap_or_default();
+    let answered = async {
+        if model_id(&gw).await.is_some_and(|known| known != model) {
+            return Err(ApiError::UnknownModel(model.clone()));
+        }
+        let started = Instant::now();
+        let s = &gw.settings;
+        let deadline = body::deadline(request.headers(), started, s.limits.request_timeout);
+        let (parts, body) = request.into_parts();
+        let bytes = body::read_before(body, s.limits.max_body_bytes, deadline).await?;
+        http::authorize(&s.api_keys, &parts.headers)?;
+        let parsed = oip::parse(&parts.headers, &bytes?)?;
+        let sent = Sending { request_id: &request_id, headers: &parts.headers, started, deadline };
+        match dispatch(&gw, &sent, parsed.raw, None).await? {
+            Dispatched::Answer(body, _) if body.model != model && !body.model.is_empty() => {
+                gw.learn_model_id(&body.model);
+                Err(ApiError::UnknownModel(model.clone()))
+            }
+            Dispatched::Answer(body, _) => {
+                gw.learn_model_id(&body.model);
+                Ok((oip::render(&body, &model, parsed.id, &parsed.outputs), "ok".to_string()))
+            }
+            Dispatched::Relayed(response, code) => Ok((oip::relayed_error(response).await, code)),
+        }
+    };
+    match answered.await {
+        Ok((response, code)) => {
+            outcome.finish(&code, response.status().as_u16());
+            response
+        }
+        Err(e) => {
+            tracing::info!(request_id, code = e.code(), error = %e, "infer refused by the gateway");
+            outcome.finish(e.code(), e.status().as_u16());
+            oip::error(e)
+        }
+    }
+}
+
+/// One client request on its way: what every attempt sends along.
+struct Sending<'a> {
+    request_id: &'a str,
+    headers: &'a HeaderMap,
+    started: Instant,
+    deadline: Instant,
+}
+
+/// What the workers' answer became.
+enum Dispatched {
+    /// Passed through as the worker gave it (a success streamed, or an error answer).
+    Relayed(Response, String),
+    /// A success read whole (reused answers merged in), and the worker's headers.
+    Answer(detect::DetectResponse, HeaderMap),
+}
+
+/// Checks a parsed request, answers what the camera's state holds, and forwards the rest until
+/// a worker answers: `original` (content type and body) as received when every question goes
+/// to the model, else a multipart body of the questions left.
+async fn dispatch(
+    gw: &Gateway,
+    sending: &Sending<'_>,
+    raw: detect::RawDetect,
+    original: Option<(HeaderValue, Bytes)>,
+) -> Result<Dispatched, ApiError> {
+    let (request_id, deadline) = (sending.request_id, sending.deadline);
+    let s = &gw.settings;
     let checked = detect::check(raw, &s.limits, None)?;
     check_header(&checked.image, &s.image_limits)?;
-
-    // The original bytes and content type go to the worker: nothing is re-encoded, unless some
-    // of a camera's answers are reused and only the other questions are asked.
-    let mut content_type =
-        parts.headers.get(header::CONTENT_TYPE).cloned().ok_or(ApiError::UnsupportedMediaType(String::new()))?;
-    let mut bytes = bytes;
+    // The answer is read whole (not streamed) when it is translated or merged.
+    let read_whole = original.is_none() || checked.camera.is_some();
+    let mut keys: Vec<usize> = (0..checked.keys.len()).collect();
     let mut plan = None;
     if let Some(camera) = &checked.camera {
         gw.cameras.admit(camera).await?;
         let camera_plan = gw.cameras.plan(camera, &checked).await;
-        let pending = camera_plan.pending();
-        if pending.is_empty() {
-            let body = camera_plan.response(request_id.to_string(), checked.mode, started);
-            return Ok((axum::Json(body).into_response(), "ok".into()));
-        }
-        if pending.len() < checked.keys.len() {
-            let keys: Vec<&str> = pending.iter().map(|i| checked.keys[*i].as_str()).collect();
-            (content_type, bytes) = questions_form(&checked.image, &keys, checked.mode, camera);
+        keys = camera_plan.pending();
+        if keys.is_empty() {
+            let body = camera_plan.response(request_id.to_string(), checked.mode, sending.started);
+            return Ok(Dispatched::Answer(body, HeaderMap::new()));
         }
         plan = Some(camera_plan);
     }
+    let (content_type, bytes) = match original {
+        Some(original) if keys.len() == checked.keys.len() => original,
+        _ => {
+            let keys: Vec<&str> = keys.iter().map(|i| checked.keys[*i].as_str()).collect();
+            questions_form(&checked.image, &keys, checked.mode, checked.camera.as_ref())
+        }
+    };
     drop(checked);
-    let authorization = parts.headers.get(header::AUTHORIZATION).cloned();
+    let authorization = sending.headers.get(header::AUTHORIZATION).cloned();
     let snapshot = gw.pools.current();
     let mut attempts = Attempts::new(gw, &snapshot);
     let mut refused: Option<Relayed> = None;
@@ -201,9 +334,10 @@ async fn forward(gw: &Gateway, request_id: &str, request: Request) -> Result<(Re
         let status = response.status();
         if status == StatusCode::OK {
             record(Attempt::Ok);
-            let Some(plan) = plan else {
-                return Ok((relay_stream(response, flight, pool, attempts.count()), "ok".into()));
-            };
+            if !read_whole {
+                let response = relay_stream(response, flight, pool, attempts.count());
+                return Ok(Dispatched::Relayed(response, "ok".into()));
+            }
             let relayed = Relayed::read(response, pool, attempts.count(), deadline)
                 .await
                 .map_err(|e| ApiError::Internal(format!("reading the worker's answer: {e}")))?;
@@ -238,22 +372,22 @@ async fn forward(gw: &Gateway, request_id: &str, request: Request) -> Result<(Re
             }
             504 => {
                 record(Attempt::Timeout);
-                return Ok(relayed.response());
+                return Ok(relayed.relay());
             }
             500..=599 => {
                 record(Attempt::ServerError);
                 fail(&format!("status {status}"));
-                return Ok(relayed.response());
+                return Ok(relayed.relay());
             }
             _ => {
                 record(Attempt::ClientError);
-                return Ok(relayed.response());
+                return Ok(relayed.relay());
             }
         }
     }
     // Every worker tried refused (429/503): the last refusal tells the client when to retry.
     if let Some(refused) = refused {
-        return Ok(refused.response());
+        return Ok(refused.relay());
     }
     if Instant::now() >= deadline {
         return Err(ApiError::DeadlineExceeded);
@@ -262,7 +396,7 @@ async fn forward(gw: &Gateway, request_id: &str, request: Request) -> Result<(Re
 }
 
 /// A multipart detect body asking `keys` (`q:` question, `b:` behaviour) about `image`.
-fn questions_form(image: &[u8], keys: &[&str], mode: detect::Mode, camera: &CameraId) -> (HeaderValue, Bytes) {
+fn questions_form(image: &[u8], keys: &[&str], mode: detect::Mode, camera: Option<&CameraId>) -> (HeaderValue, Bytes) {
     let boundary = format!("blipserve-{}", uuid::Uuid::new_v4().simple());
     let mut body = Vec::with_capacity(image.len() + 512);
     let mut part = |name: &str, value: &[u8]| {
@@ -281,29 +415,36 @@ fn questions_form(image: &[u8], keys: &[&str], mode: detect::Mode, camera: &Came
         }
     }
     part("mode", mode.as_str().as_bytes());
-    part("camera", camera.as_str().as_bytes());
+    if let Some(camera) = camera {
+        part("camera", camera.as_str().as_bytes());
+    }
     body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
     let content_type = HeaderValue::try_from(format!("multipart/form-data; boundary={boundary}")).expect("ASCII");
     (content_type, Bytes::from(body))
 }
 
-/// The worker's answer to a camera's pending questions, merged with the reused ones; the fresh
-/// answers are stored for the camera without delaying the client.
-fn with_reused(gw: &Gateway, plan: Plan, relayed: Relayed, request_id: &str) -> Result<(Response, String), ApiError> {
+/// The worker's answer, read whole; with a camera's plan, merged with the reused answers, and the
+/// fresh ones stored for the camera without delaying the client.
+fn with_reused(gw: &Gateway, plan: Option<Plan>, relayed: Relayed, request_id: &str) -> Result<Dispatched, ApiError> {
     let mut body: detect::DetectResponse = serde_json::from_slice(&relayed.body)
         .map_err(|e| ApiError::Internal(format!("the worker's answer does not parse: {e}")))?;
-    let fresh = std::mem::take(&mut body.answers);
-    body.answers = plan.merge(fresh.clone());
-    body.camera = Some(plan.describe());
-    let (cameras, model, request_id) = (gw.cameras.clone(), body.model.clone(), request_id.to_string());
-    tokio::spawn(async move { cameras.record(plan, &fresh, &model, &request_id).await });
-    let mut response = axum::Json(body).into_response();
-    for (name, value) in &relayed.headers {
+    if let Some(plan) = plan {
+        let fresh = std::mem::take(&mut body.answers);
+        body.answers = plan.merge(fresh.clone());
+        body.camera = Some(plan.describe());
+        let (cameras, model, request_id) = (gw.cameras.clone(), body.model.clone(), request_id.to_string());
+        tokio::spawn(async move { cameras.record(plan, &fresh, &model, &request_id).await });
+    }
+    Ok(Dispatched::Answer(body, relayed.headers))
+}
+
+/// The worker's headers on the gateway's own rendering of its answer (but the body's).
+fn copy_answer_headers(from: &HeaderMap, to: &mut HeaderMap) {
+    for (name, value) in from {
         if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
-            response.headers_mut().insert(name.clone(), value.clone());
+            to.insert(name.clone(), value.clone());
         }
     }
-    Ok((response, "ok".into()))
 }
 
 fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
@@ -407,10 +548,10 @@ impl Relayed {
         Ok(Relayed { status, headers, body: Bytes::from(body), code })
     }
 
-    fn response(self) -> (Response, String) {
+    fn relay(self) -> Dispatched {
         let mut response = Response::new(Body::from(self.body));
         *response.status_mut() = self.status;
         *response.headers_mut() = self.headers;
-        (response, self.code)
+        Dispatched::Relayed(response, self.code)
     }
 }

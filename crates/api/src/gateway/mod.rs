@@ -68,6 +68,8 @@ pub struct Gateway {
     file: Mutex<ConfigFile>,
     /// Reuse and per-camera admission: where a request first arrives.
     pub(crate) cameras: Arc<Cameras>,
+    /// The workers' model id, once a worker has said it (the Open Inference Protocol names it).
+    model_id: Mutex<Option<String>>,
 }
 
 impl Gateway {
@@ -94,6 +96,7 @@ impl Gateway {
             pools: Arc::new(Pools::new(&pools)),
             metrics,
             cameras,
+            model_id: Mutex::new(None),
             client,
             probe_client,
             draining: Arc::new(AtomicBool::new(false)),
@@ -109,6 +112,15 @@ impl Gateway {
     /// Probes the workers periodically, forever.
     pub fn spawn_health_checks(&self) -> tokio::task::JoinHandle<()> {
         tokio::spawn(pools::health_loop(self.pools.clone(), self.probe_client.clone(), self.settings.health_interval))
+    }
+
+    /// The workers' model id, if known yet.
+    pub fn model_id(&self) -> Option<String> {
+        self.model_id.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub(crate) fn learn_model_id(&self, id: &str) {
+        *self.model_id.lock().unwrap_or_else(|p| p.into_inner()) = Some(id.to_string());
     }
 
     fn readiness(&self) -> Readiness {
@@ -141,6 +153,14 @@ pub fn router(state: Arc<Gateway>) -> Router {
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))
         .route("/openapi.json", get(openapi_document))
+        // The Open Inference Protocol, translated to detect requests.
+        .route("/v2", get(|| async { Json(crate::oip::server_metadata()) }))
+        .route("/v2/health/live", get(|| async { axum::http::StatusCode::OK }))
+        .route("/v2/health/ready", get(v2_ready))
+        .route("/v2/models/{name}", get(forward::v2_model))
+        .route("/v2/models/{name}/ready", get(forward::v2_model_ready))
+        .route("/v2/models/{name}/infer", post(forward::infer_v2))
+        .route("/v2/models/{name}/versions/{version}/infer", post(forward::infer_v2))
         .route("/admin/pools", get(admin::pools).put(admin::set_weights).post(admin::set_weights))
         .route("/admin/pools/{name}", axum::routing::put(admin::set_weight).post(admin::set_weight))
         .with_state(state);
@@ -149,6 +169,14 @@ pub fn router(state: Arc<Gateway>) -> Router {
 
 async fn ready(State(gw): State<Arc<Gateway>>) -> Response {
     gw.readiness().into_response()
+}
+
+async fn v2_ready(State(gw): State<Arc<Gateway>>) -> axum::http::StatusCode {
+    if gw.readiness() == Readiness::Ready {
+        axum::http::StatusCode::OK
+    } else {
+        axum::http::StatusCode::SERVICE_UNAVAILABLE
+    }
 }
 
 async fn metrics(State(gw): State<Arc<Gateway>>) -> Response {

@@ -64,6 +64,10 @@ pub enum ApiError {
     BadCamera(String),
     #[error("reuse is {0:?}: use true or false")]
     BadReuse(String),
+    #[error("bad inference request: {0}")]
+    BadInferRequest(String),
+    #[error("unknown model {0:?}")]
+    UnknownModel(String),
     #[error("camera {camera:?} sends faster than its rate; retry in {retry_after_ms} ms")]
     CameraRateLimited { camera: String, retry_after_ms: u64 },
     #[error("a newer frame from the same camera replaced this one in the queue")]
@@ -93,10 +97,12 @@ impl ApiError {
             BadMode(String::new()),
             BadCamera(String::new()),
             BadReuse(String::new()),
+            BadInferRequest(String::new()),
             BadRequest(String::new()),
             Unauthorized,
             AdminDisabled,
             UnknownPool(String::new()),
+            UnknownModel(String::new()),
             BodyTooLarge { limit: 0 },
             Image(too_large),
             UnsupportedMediaType(String::new()),
@@ -141,10 +147,11 @@ impl ApiError {
             | BadMode(_)
             | BadCamera(_)
             | BadReuse(_)
+            | BadInferRequest(_)
             | BadRequest(_) => StatusCode::BAD_REQUEST,
             Unauthorized | AdminUnauthorized => StatusCode::UNAUTHORIZED,
             AdminDisabled => StatusCode::FORBIDDEN,
-            UnknownPool(_) => StatusCode::NOT_FOUND,
+            UnknownPool(_) | UnknownModel(_) => StatusCode::NOT_FOUND,
             Overloaded | CameraRateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Superseded => StatusCode::CONFLICT,
             ShuttingDown | NotReady | NoUpstream => StatusCode::SERVICE_UNAVAILABLE,
@@ -175,12 +182,14 @@ impl ApiError {
             BadMode(_) => "bad_mode",
             BadCamera(_) => "bad_camera",
             BadReuse(_) => "bad_reuse",
+            BadInferRequest(_) => "bad_infer_request",
             CameraRateLimited { .. } => "camera_rate_limited",
             Superseded => "superseded",
             Unauthorized | AdminUnauthorized => "unauthorized",
             AdminDisabled => "admin_disabled",
             BadRequest(_) => "bad_request",
             UnknownPool(_) => "unknown_pool",
+            UnknownModel(_) => "unknown_model",
             Overloaded => "overloaded",
             ShuttingDown => "shutting_down",
             NotReady => "not_ready",

@@ -16,6 +16,7 @@ use crate::detect::{AnswerOut, BehaviorOut, Behaviors, DetectForm, DetectRespons
 use crate::gateway::admin::{PoolView, PoolsView, Recent, WeightBody, WeightsBody, WorkerView};
 use crate::gateway::{Forwarding, GatewayInfo, PoolInfo};
 use crate::info::{Batching, ModelInfo, ReplicaPlacement, ServeInfo};
+use crate::oip::InferError;
 use crate::settings::{LimitsInfo, RequestLimits};
 
 /// The inference tier: `serve` and `worker`.
@@ -25,10 +26,14 @@ use crate::settings::{LimitsInfo, RequestLimits};
         title = "blipserve",
         description = "Answers behaviour questions about pet-camera frames with BLIP visual question answering."
     ),
-    paths(detect, behaviors, serve_info, health, ready, metrics, openapi_json, docs),
+    paths(
+        detect, behaviors, serve_info, health, ready, metrics, openapi_json, docs, v2_server, v2_live, v2_ready,
+        v2_model, v2_model_ready, v2_infer
+    ),
     components(schemas(
         Mode, JsonDetect, DetectForm, DetectResponse, AnswerOut, Timings, BehaviorOut, Behaviors, ErrorBody,
-        Health, Ready, Readiness, ServeInfo, ModelInfo, ReplicaPlacement, Batching, LimitsInfo, Backend
+        Health, Ready, Readiness, ServeInfo, ModelInfo, ReplicaPlacement, Batching, LimitsInfo, Backend,
+        InferError
     )),
     modifiers(&BearerScheme)
 )]
@@ -47,12 +52,12 @@ struct ServeApi;
     ),
     paths(
         detect, behaviors, gateway_info, health, ready, metrics, openapi_json, docs, admin_pools, admin_set_weights,
-        admin_set_weight
+        admin_set_weight, v2_server, v2_live, v2_ready, v2_model, v2_model_ready, v2_infer
     ),
     components(schemas(
         Mode, JsonDetect, DetectForm, DetectResponse, AnswerOut, Timings, BehaviorOut, Behaviors, ErrorBody,
         Health, Ready, Readiness, GatewayInfo, PoolInfo, Forwarding, LimitsInfo, Backend, PoolsView, PoolView,
-        WorkerView, Recent, WeightsBody, WeightBody
+        WorkerView, Recent, WeightsBody, WeightBody, InferError
     )),
     modifiers(&BearerScheme)
 )]
@@ -75,15 +80,15 @@ pub fn serve(limits: &RequestLimits) -> Value {
     let mut doc = serde_json::to_value(ServeApi::openapi()).unwrap_or_default();
     finish(&mut doc, limits, false);
     // SageMaker's hosting contract: the same operations under the names it calls.
-    for (path, method, from, id, summary) in [
-        ("/ping", "get", "/ready", "ping", "SageMaker's health check: the same as /ready"),
-        ("/invocations", "post", "/v1/detect", "invocations", "SageMaker's inference call: the same as /v1/detect"),
-    ] {
-        let mut operation = doc["paths"][from][method].clone();
-        operation["operationId"] = json!(id);
-        operation["summary"] = json!(summary);
-        doc["paths"][path] = json!({ method: operation });
-    }
+    alias(&mut doc, "/ping", "get", "/ready", "ping", "SageMaker's health check: the same as /ready");
+    alias(
+        &mut doc,
+        "/invocations",
+        "post",
+        "/v1/detect",
+        "invocations",
+        "SageMaker's inference call: the same as /v1/detect",
+    );
     doc
 }
 
@@ -94,9 +99,31 @@ pub fn gateway(limits: &RequestLimits) -> Value {
     doc
 }
 
+/// `path` answers as `from` does (another name for the same operation).
+fn alias(doc: &mut Value, path: &str, method: &str, from: &str, id: &str, summary: &str) {
+    let mut operation = doc["paths"][from][method].clone();
+    operation["operationId"] = json!(id);
+    operation["summary"] = json!(summary);
+    doc["paths"][path] = json!({ method: operation });
+}
+
 /// Fills in what is known only at run time (the limits, the version) and the error responses.
 fn finish(doc: &mut Value, limits: &RequestLimits, gateway: bool) {
     doc["info"]["version"] = json!(env!("CARGO_PKG_VERSION"));
+    let summary = "Open Inference Protocol inference, by version (there is one, \"1\")";
+    alias(
+        doc,
+        "/v2/models/{name}/versions/{version}/infer",
+        "post",
+        "/v2/models/{name}/infer",
+        "v2_infer_version",
+        summary,
+    );
+    if let Some(params) =
+        doc["paths"]["/v2/models/{name}/versions/{version}/infer"]["post"]["parameters"].as_array_mut()
+    {
+        params.push(json!({"name": "version", "in": "path", "required": true, "schema": {"type": "string"}}));
+    }
     let detect = &mut doc["paths"]["/v1/detect"]["post"];
     let mut description = format!(
         "One image and up to {} questions (free text and/or catalogue behaviours), each at most {} characters. Body \
@@ -115,8 +142,11 @@ fn finish(doc: &mut Value, limits: &RequestLimits, gateway: bool) {
         );
     }
     detect["description"] = json!(description);
-    let detect_errors =
-        ApiError::catalogue().into_iter().filter(|e| !e.is_admin() && (gateway || !matches!(e, ApiError::NoUpstream)));
+    let detect_errors = ApiError::catalogue().into_iter().filter(|e| {
+        !e.is_admin()
+            && !matches!(e, ApiError::BadInferRequest(_) | ApiError::UnknownModel(_))
+            && (gateway || !matches!(e, ApiError::NoUpstream))
+    });
     add_errors(detect, detect_errors);
     if gateway {
         for path in ["/admin/pools", "/admin/pools/{name}"] {
@@ -254,6 +284,62 @@ fn admin_set_weights() {}
 )]
 #[allow(dead_code)]
 fn admin_set_weight() {}
+
+#[utoipa::path(get, path = "/v2", summary = "Open Inference Protocol: server metadata (name, version, extensions: binary_tensor_data)", responses((status = 200, description = "Server metadata", body = Object)))]
+#[allow(dead_code)]
+fn v2_server() {}
+
+#[utoipa::path(get, path = "/v2/health/live", summary = "Open Inference Protocol: liveness", responses((status = 200, description = "Live")))]
+#[allow(dead_code)]
+fn v2_live() {}
+
+#[utoipa::path(get, path = "/v2/health/ready", summary = "Open Inference Protocol: readiness, as /ready", responses((status = 200, description = "Ready"), (status = 503, description = "Loading, draining or failing")))]
+#[allow(dead_code)]
+fn v2_ready() {}
+
+#[utoipa::path(
+    get,
+    path = "/v2/models/{name}",
+    summary = "Open Inference Protocol: model metadata (inputs IMAGE, QUESTION, BEHAVIOR; outputs PROBABILITY, ANSWER)",
+    params(("name" = String, Path, description = "The model's id, as /v1/info shows it")),
+    responses((status = 200, description = "Model metadata", body = Object), (status = 404, description = "unknown_model", body = InferError))
+)]
+#[allow(dead_code)]
+fn v2_model() {}
+
+#[utoipa::path(
+    get,
+    path = "/v2/models/{name}/ready",
+    summary = "Open Inference Protocol: model readiness",
+    params(("name" = String, Path, description = "The model's id")),
+    responses((status = 200, description = "Ready"), (status = 503, description = "Not ready"), (status = 404, description = "unknown_model", body = InferError))
+)]
+#[allow(dead_code)]
+fn v2_model_ready() {}
+
+#[utoipa::path(
+    post,
+    path = "/v2/models/{name}/infer",
+    summary = "Open Inference Protocol inference: one frame and its questions, answered as /v1/detect answers them",
+    description = "Inputs: IMAGE (BYTES [1], the encoded frame; base64 in JSON data), QUESTION (BYTES [n]), BEHAVIOR (BYTES [m], optional). Parameters: mode, camera, reuse. Outputs: PROBABILITY (FP32 [n+m], NaN/null in generate mode) and ANSWER (BYTES [n+m]). The binary tensor data extension is supported both ways: with an Inference-Header-Content-Length header the body is that many bytes of JSON, then the inputs' binary data (each BYTES element a little-endian u32 length and its bytes); outputs asked with binary_data (or the binary_data_output parameter) come back the same way. Errors are {\"error\": message} with /v1/detect's status for the same fault.",
+    params(
+        ("name" = String, Path, description = "The model's id, as /v1/info shows it"),
+        ("inference-header-content-length" = Option<u64>, Header, description = "Binary extension: bytes of JSON at the start of the body")
+    ),
+    request_body(content((Object = "application/json"), (Object = "application/octet-stream"))),
+    responses(
+        (status = 200, description = "Outputs (JSON, or JSON then binary data with Inference-Header-Content-Length)", body = Object),
+        (status = 400, description = "A malformed request: wrong datatype or shape, a missing or unknown input, bad binary lengths; or a detect check (no image, no question, a corrupt frame…)", body = InferError),
+        (status = 404, description = "unknown_model", body = InferError),
+        (status = 413, description = "body or image too large", body = InferError),
+        (status = 429, description = "overloaded, camera_rate_limited", body = InferError),
+        (status = 503, description = "not ready, shutting down", body = InferError),
+        (status = 504, description = "deadline exceeded", body = InferError)
+    ),
+    security((), ("bearer" = []))
+)]
+#[allow(dead_code)]
+fn v2_infer() {}
 
 pub async fn docs_page() -> Html<&'static str> {
     Html(DOCS_PAGE)

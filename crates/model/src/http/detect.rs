@@ -4,13 +4,14 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use axum::extract::{Request, State};
+use axum::extract::{Path, Request, State};
 use axum::http::{HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
-use blipserve_api::detect::{self, DetectResponse};
+use blipserve_api::detect::{self, DetectResponse, RawDetect};
 use blipserve_api::http::error::ApiError;
 use blipserve_api::http::{self as api_http, body, RequestId};
+use blipserve_api::oip;
 
 use super::AppState;
 
@@ -42,12 +43,63 @@ async fn handle(state: &AppState, request_id: String, request: Request) -> Resul
     api_http::authorize(&state.api_keys, &parts.headers)?;
     infer.check_ready()?;
     let raw = body::parse_body(&parts.headers, bytes?).await?;
+    render(answer(state, request_id, raw, started, deadline).await?)
+}
+
+/// `POST /v2/models/{name}/infer`: the Open Inference Protocol's request, answered as a detect
+/// request is.
+pub async fn infer_v2(
+    State(state): State<Arc<AppState>>,
+    Extension(RequestId(request_id)): Extension<RequestId>,
+    Path(params): Path<Vec<(String, String)>>,
+    request: Request,
+) -> Response {
+    let mut outcome = state.requests.begin();
+    let model = params.iter().find(|(k, _)| k == "name").map(|(_, v)| v.clone()).unwrap_or_default();
+    let result = async {
+        if model != state.infer.model_id {
+            return Err(ApiError::UnknownModel(model.clone()));
+        }
+        let started = Instant::now();
+        let infer = &state.infer;
+        let deadline = body::deadline(request.headers(), started, infer.limits().request_timeout);
+        let (parts, body) = request.into_parts();
+        let bytes = body::read_before(body, infer.limits().max_body_bytes, deadline).await?;
+        api_http::authorize(&state.api_keys, &parts.headers)?;
+        infer.check_ready()?;
+        let parsed = oip::parse(&parts.headers, &bytes?)?;
+        let answer = answer(&state, request_id.clone(), parsed.raw, started, deadline).await?;
+        Ok(oip::render(&answer, &state.infer.model_id, parsed.id, &parsed.outputs))
+    };
+    match result.await {
+        Ok(response) => {
+            outcome.finish("ok", 200);
+            response
+        }
+        Err(e) => {
+            tracing::info!(request_id, code = e.code(), error = %e, "infer refused");
+            outcome.finish(e.code(), e.status().as_u16());
+            oip::error(e)
+        }
+    }
+}
+
+/// Checks a request and answers it: from the camera's stored answers where they hold, from the
+/// model for the rest.
+async fn answer(
+    state: &AppState,
+    request_id: String,
+    raw: RawDetect,
+    started: Instant,
+    deadline: Instant,
+) -> Result<DetectResponse, ApiError> {
+    let infer = &state.infer;
     let checked = detect::check(raw, infer.limits(), Some(infer.behaviors()))?;
     let mode = checked.mode;
 
     let Some((cameras, camera)) = state.cameras.as_ref().zip(checked.camera.clone()) else {
         let detection = infer.detect(checked, started, deadline).await?;
-        return render(DetectResponse {
+        return Ok(DetectResponse {
             request_id,
             model: infer.model_id.clone(),
             mode,
@@ -61,7 +113,7 @@ async fn handle(state: &AppState, request_id: String, request: Request) -> Resul
     let plan = cameras.plan(&camera, &checked).await;
     let pending = plan.pending();
     if pending.is_empty() {
-        return render(plan.response(request_id, mode, started));
+        return Ok(plan.response(request_id, mode, started));
     }
     let detection = infer.detect(checked.only(&pending), started, deadline).await?;
     let body = DetectResponse {
@@ -76,7 +128,7 @@ async fn handle(state: &AppState, request_id: String, request: Request) -> Resul
     // The answer does not wait for the store.
     let (cameras, model) = (cameras.clone(), infer.model_id.clone());
     tokio::spawn(async move { cameras.record(plan, &detection.answers, &model, &request_id).await });
-    render(body)
+    Ok(body)
 }
 
 /// The answer, its timings also as headers.

@@ -7,15 +7,18 @@ mod detect;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use axum::extract::State;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use blipserve_api::camera::Cameras;
 use blipserve_api::detect::Behaviors;
+use blipserve_api::http::error::ApiError;
 use blipserve_api::http::{self as api_http, openapi, Readiness};
 use blipserve_api::info::ServeInfo;
 use blipserve_api::metrics::{Registry, RequestMetrics};
+use blipserve_api::oip;
 
 use crate::infer::Infer;
 
@@ -58,6 +61,14 @@ pub fn router(state: Arc<AppState>) -> Router {
         // (the image's entry point and defaults) and calls these.
         .route("/ping", get(ready))
         .route("/invocations", post(detect::detect))
+        // The Open Inference Protocol (KServe v2), the same answers through another door.
+        .route("/v2", get(v2_server))
+        .route("/v2/health/live", get(v2_live))
+        .route("/v2/health/ready", get(v2_ready))
+        .route("/v2/models/{name}", get(v2_model))
+        .route("/v2/models/{name}/ready", get(v2_model_ready))
+        .route("/v2/models/{name}/infer", post(detect::infer_v2))
+        .route("/v2/models/{name}/versions/{version}/infer", post(detect::infer_v2))
         .route("/metrics", get(metrics))
         .route("/openapi.json", get(openapi_document))
         .with_state(state);
@@ -66,6 +77,36 @@ pub fn router(state: Arc<AppState>) -> Router {
 
 async fn ready(State(state): State<Arc<AppState>>) -> Response {
     state.readiness().into_response()
+}
+
+async fn v2_server() -> Json<serde_json::Value> {
+    Json(oip::server_metadata())
+}
+
+async fn v2_live() -> StatusCode {
+    StatusCode::OK
+}
+
+async fn v2_ready(State(state): State<Arc<AppState>>) -> StatusCode {
+    if state.readiness() == Readiness::Ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    }
+}
+
+async fn v2_model(State(state): State<Arc<AppState>>, Path(name): Path<String>) -> Response {
+    if name != state.infer.model_id {
+        return oip::error(ApiError::UnknownModel(name));
+    }
+    Json(oip::model_metadata(&state.infer.model_id)).into_response()
+}
+
+async fn v2_model_ready(State(state): State<Arc<AppState>>, Path(name): Path<String>) -> Response {
+    if name != state.infer.model_id {
+        return oip::error(ApiError::UnknownModel(name));
+    }
+    v2_ready(State(state)).await.into_response()
 }
 
 async fn metrics(State(state): State<Arc<AppState>>) -> Response {
