@@ -22,7 +22,8 @@ ARG TORCH_VERSION=2.9.0
 ARG NEURON_DLC=public.ecr.aws/neuron/pytorch-inference-neuronx:2.9.0-neuronx-py312-sdk2.27.1-ubuntu24.04
 
 # ---------------------------------------------------------------------------------------------
-# Builders: Rust, cmake and nasm (libjpeg-turbo), and the torch wheel whose libtorch tch links.
+# Builders: Rust, cmake and nasm (libjpeg-turbo), protoc (the gRPC definitions), and the torch
+# wheel whose libtorch tch links.
 # Python 3.12 as in the test environment (models/constraints.txt pins for it); Debian bookworm
 # as the runtime image, so the binary meets the C++ runtime it was linked with.
 
@@ -32,7 +33,7 @@ ARG RUST_VERSION
 # Debian's own versions: pinning them would break the build at Debian's next point release.
 # hadolint ignore=DL3008
 RUN apt-get update \
- && apt-get install -y --no-install-recommends cmake nasm \
+ && apt-get install -y --no-install-recommends cmake nasm protobuf-compiler \
  && rm -rf /var/lib/apt/lists/*
 ENV RUSTUP_HOME=/usr/local/rustup \
     CARGO_HOME=/usr/local/cargo \
@@ -99,7 +100,7 @@ SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 ARG RUST_VERSION
 # hadolint ignore=DL3008
 RUN apt-get update \
- && apt-get install -y --no-install-recommends nasm \
+ && apt-get install -y --no-install-recommends nasm protobuf-compiler \
  && rm -rf /var/lib/apt/lists/*
 ENV RUSTUP_HOME=/usr/local/rustup \
     CARGO_HOME=/usr/local/cargo \

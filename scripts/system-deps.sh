@@ -9,6 +9,8 @@ command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 command -v curl >/dev/null 2>&1 || need+=(curl)
 # haproxy: the real load balancer in front of workers in the fleet tests.
 command -v haproxy >/dev/null 2>&1 || need+=(haproxy)
+# protoc: compiles the Open Inference Protocol's gRPC definitions (crates/api/proto).
+command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
 # redis-server: the camera store a fleet shares, in the camera tests.
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 [ ${#need[@]} -eq 0 ] && exit 0

@@ -51,7 +51,7 @@ fn tritonclient(server: &Server, image: &[u8]) -> Value {
 
 #[test]
 fn tritonclient_speaks_to_serve_and_to_the_gateway_and_gets_detects_answers() {
-    let server = Server::start(BIN, "tiny", &[]);
+    let server = Server::start(BIN, "tiny", &["--grpc-port", "0"]);
     let worker = Server::start_role(BIN, "worker", "tiny", 0, &["--threads", "1", "--replicas", "1"]);
     let dir = tempfile::tempdir().unwrap();
     let config = write(
@@ -60,16 +60,59 @@ fn tritonclient_speaks_to_serve_and_to_the_gateway_and_gets_detects_answers() {
         format!("listen = \"127.0.0.1\"\nport = 0\n\n[[pools]]\nname = \"cpu\"\nbackend = \"cpu\"\nweight = 100\nurls = [\"{}\"]\n", worker.base)
             .as_bytes(),
     );
-    let gateway = Server::spawn(BIN, &["gateway".into(), "--config".into(), config.into_os_string()]);
+    let gateway = Server::spawn(
+        BIN,
+        &["gateway".into(), "--config".into(), config.into_os_string(), "--grpc-port".into(), "0".into()],
+    );
     gateway.wait_ready(std::time::Duration::from_secs(30));
     let image = frame();
     for (name, server) in [("serve", &server), ("gateway", &gateway)] {
         check_tritonclient(name, server, &image);
+        check_tritonclient_grpc(name, server, &image);
     }
     assert!(
-        worker.metric("blipserve_requests_total{outcome=\"ok\"}") >= 3.0,
+        worker.metric("blipserve_requests_total{outcome=\"ok\"}") >= 4.0,
         "the gateway's infers reached the worker"
     );
+}
+
+/// tritonclient's gRPC flavour against the server's gRPC port.
+fn check_tritonclient_grpc(name: &str, server: &Server, image: &[u8]) {
+    let addr = server
+        .stderr
+        .lock()
+        .unwrap()
+        .iter()
+        .find_map(|l| l.split("grpc listening on ").nth(1).map(str::to_string))
+        .unwrap_or_else(|| panic!("{name}: no gRPC port in its log"));
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(dir.path(), "frame.jpg", image);
+    let out = Command::new(repo().join(".venv-tools/bin/python"))
+        .arg(repo().join("tests/clients/oip_grpc.py"))
+        .arg(addr.trim())
+        .arg("tiny")
+        .arg(&path)
+        .args(QUESTIONS)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{name}: tritonclient (gRPC) failed: {}", String::from_utf8_lossy(&out.stderr));
+    let got: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (&got["live"], &got["ready"], &got["model_ready"]),
+        (&json!(true), &json!(true), &json!(true)),
+        "{name}"
+    );
+    assert_eq!(got["server"]["name"], "blipserve");
+    assert_eq!(got["model"]["inputs"].as_array().unwrap().len(), 3, "{name}: {got}");
+    assert_eq!(got["unknown_model"], "StatusCode.NOT_FOUND", "{name}");
+    let (want_p, want_a) = detect(server, image);
+    let p: Vec<f64> = got["probabilities"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+    let a: Vec<&str> = got["answers"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+    assert_eq!(a, want_a, "{name}");
+    let worst = p.iter().zip(&want_p).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max);
+    eprintln!("{name}: tritonclient (gRPC) against /v1/detect: max |dP| {worst:.2e} over {} answers", p.len());
+    assert!(worst <= 1e-6, "{name}: {p:?} vs {want_p:?}");
+    assert_eq!(got["id"], "oip-grpc", "{name}");
 }
 
 fn check_tritonclient(name: &str, server: &Server, image: &[u8]) {

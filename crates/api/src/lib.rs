@@ -17,6 +17,7 @@ pub mod frame;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod gateway;
+pub mod grpc;
 pub mod http;
 pub mod info;
 pub mod loadtest;

@@ -171,7 +171,7 @@ pub fn parse(headers: &HeaderMap, body: &Bytes) -> Result<Parsed, ApiError> {
 }
 
 /// The number of elements a shape holds (every dimension ≥ 0).
-fn elements(name: &str, shape: &[i64]) -> Result<usize, ApiError> {
+pub(crate) fn elements(name: &str, shape: &[i64]) -> Result<usize, ApiError> {
     if shape.is_empty() || shape.iter().any(|d| *d < 0) {
         return Err(bad(format!("input {name} has shape {shape:?}; give its dimensions")));
     }
@@ -183,7 +183,7 @@ fn elements(name: &str, shape: &[i64]) -> Result<usize, ApiError> {
 }
 
 /// A BYTES tensor's binary form: each element a little-endian u32 length, then its bytes.
-fn byte_elements(name: &str, mut data: &[u8]) -> Result<Vec<Vec<u8>>, ApiError> {
+pub(crate) fn byte_elements(name: &str, mut data: &[u8]) -> Result<Vec<Vec<u8>>, ApiError> {
     let mut items = Vec::new();
     while !data.is_empty() {
         if data.len() < 4 {
@@ -217,7 +217,7 @@ fn json_elements(name: &str, data: Option<Value>) -> Result<Vec<Vec<u8>>, ApiErr
     Ok(flat)
 }
 
-fn utf8(name: &str, items: Vec<Vec<u8>>) -> Result<Vec<String>, ApiError> {
+pub(crate) fn utf8(name: &str, items: Vec<Vec<u8>>) -> Result<Vec<String>, ApiError> {
     items
         .into_iter()
         .map(|b| String::from_utf8(b).map_err(|_| bad(format!("input {name} is not UTF-8 text"))))

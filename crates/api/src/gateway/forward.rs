@@ -555,3 +555,58 @@ impl Relayed {
         Dispatched::Relayed(response, self.code)
     }
 }
+
+/// The gateway's gRPC door: the Open Inference Protocol translated to detect requests, as over
+/// HTTP (same checks, reuse, forwarding and retries).
+pub struct GrpcDoor(pub Arc<Gateway>);
+
+#[tonic::async_trait]
+impl crate::grpc::Backend for GrpcDoor {
+    async fn model_id(&self) -> Option<String> {
+        model_id(&self.0).await
+    }
+
+    fn ready(&self) -> bool {
+        self.0.readiness() == crate::http::Readiness::Ready
+    }
+
+    async fn answer(
+        &self,
+        raw: detect::RawDetect,
+        request_id: String,
+        authorization: Option<String>,
+    ) -> Result<detect::DetectResponse, tonic::Status> {
+        let gw = &self.0;
+        let mut outcome = gw.metrics.requests.begin();
+        let mut headers = HeaderMap::new();
+        if let Some(value) = authorization.and_then(|a| HeaderValue::try_from(a).ok()) {
+            headers.insert(header::AUTHORIZATION, value);
+        }
+        let answered = async {
+            http::authorize(&gw.settings.api_keys, &headers)?;
+            let started = Instant::now();
+            let deadline = started + gw.settings.limits.request_timeout;
+            let sending = Sending { request_id: &request_id, headers: &headers, started, deadline };
+            dispatch(gw, &sending, raw, None).await
+        };
+        match answered.await {
+            Ok(Dispatched::Answer(body, _)) => {
+                outcome.finish("ok", 200);
+                Ok(body)
+            }
+            Ok(Dispatched::Relayed(response, code)) => {
+                let status = response.status().as_u16();
+                outcome.finish(&code, status);
+                let bytes = axum::body::to_bytes(response.into_body(), 1 << 20).await.unwrap_or_default();
+                let message = serde_json::from_slice::<crate::http::error::ErrorBody>(&bytes)
+                    .map(|e| e.error)
+                    .unwrap_or_else(|_| format!("a worker answered {status}"));
+                Err(crate::grpc::status_of(status, message))
+            }
+            Err(e) => {
+                outcome.finish(e.code(), e.status().as_u16());
+                Err(crate::grpc::status(&e))
+            }
+        }
+    }
+}

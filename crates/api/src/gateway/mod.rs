@@ -28,6 +28,7 @@ use crate::frame::ImageLimits;
 use crate::http::{self, openapi, Readiness};
 use crate::settings::{ConfigFile, LimitsInfo, RequestLimits};
 use crate::Backend;
+pub use forward::GrpcDoor;
 use metrics::GatewayMetrics;
 use pools::{Pools, Snapshot};
 pub use reload::spawn_reload_on_sighup;

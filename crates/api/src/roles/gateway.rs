@@ -11,6 +11,7 @@ use clap::Args;
 use crate::camera::CameraArgs;
 use crate::gateway::pools::Outliers;
 use crate::gateway::{self, Gateway, Settings};
+use crate::grpc::GrpcArgs;
 use crate::http;
 use crate::settings::{bearer_key, ConfigFile, ConnectionArgs, KeyArgs, LimitsArgs, ListenArgs, LogArgs, ShutdownArgs};
 
@@ -84,6 +85,9 @@ pub struct GatewayArgs {
     pub camera: CameraArgs,
 
     #[command(flatten)]
+    pub grpc: GrpcArgs,
+
+    #[command(flatten)]
     pub connections: ConnectionArgs,
 
     #[command(flatten)]
@@ -131,6 +135,7 @@ pub fn run(args: GatewayArgs) -> anyhow::Result<()> {
             snapshot.healthy_workers()
         );
         gateway.spawn_health_checks();
+        args.grpc.start(addr.ip(), Arc::new(gateway::GrpcDoor(gateway.clone()))).await?;
         let app = gateway::router(gateway.clone());
         let connections = (args.connections.limits(), gateway.metrics.connections.clone());
         let (draining, shutdown) = (gateway.draining.clone(), args.shutdown.shutdown());

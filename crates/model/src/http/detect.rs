@@ -86,7 +86,7 @@ pub async fn infer_v2(
 
 /// Checks a request and answers it: from the camera's stored answers where they hold, from the
 /// model for the rest.
-async fn answer(
+pub(super) async fn answer(
     state: &AppState,
     request_id: String,
     raw: RawDetect,

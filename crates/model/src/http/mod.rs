@@ -13,7 +13,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use blipserve_api::camera::Cameras;
-use blipserve_api::detect::Behaviors;
+use blipserve_api::detect::{Behaviors, DetectResponse, RawDetect};
+use blipserve_api::grpc;
 use blipserve_api::http::error::ApiError;
 use blipserve_api::http::{self as api_http, openapi, Readiness};
 use blipserve_api::info::ServeInfo;
@@ -46,6 +47,51 @@ impl AppState {
             Readiness::InferenceFailing
         } else {
             Readiness::Ready
+        }
+    }
+}
+
+/// The gRPC door: the Open Inference Protocol's service over the same request path.
+pub struct Grpc(pub Arc<AppState>);
+
+#[tonic::async_trait]
+impl grpc::Backend for Grpc {
+    async fn model_id(&self) -> Option<String> {
+        Some(self.0.infer.model_id.clone())
+    }
+
+    fn ready(&self) -> bool {
+        self.0.readiness() == Readiness::Ready
+    }
+
+    async fn answer(
+        &self,
+        raw: RawDetect,
+        request_id: String,
+        authorization: Option<String>,
+    ) -> Result<DetectResponse, tonic::Status> {
+        let state = &self.0;
+        let mut outcome = state.requests.begin();
+        let answered = async {
+            let mut headers = axum::http::HeaderMap::new();
+            if let Some(value) = authorization.and_then(|a| axum::http::HeaderValue::try_from(a).ok()) {
+                headers.insert(axum::http::header::AUTHORIZATION, value);
+            }
+            api_http::authorize(&state.api_keys, &headers)?;
+            state.infer.check_ready()?;
+            let started = std::time::Instant::now();
+            let deadline = started + state.infer.limits().request_timeout;
+            detect::answer(state, request_id, raw, started, deadline).await
+        };
+        match answered.await {
+            Ok(answer) => {
+                outcome.finish("ok", 200);
+                Ok(answer)
+            }
+            Err(e) => {
+                outcome.finish(e.code(), e.status().as_u16());
+                Err(grpc::status(&e))
+            }
         }
     }
 }

@@ -12,6 +12,7 @@ use anyhow::Context;
 use blipserve_api::behaviors::{Behavior, Catalogue};
 use blipserve_api::camera::{CameraArgs, Cameras};
 use blipserve_api::cloudwatch::{CloudwatchArgs, Publisher};
+use blipserve_api::grpc::GrpcArgs;
 use blipserve_api::http::{self as api_http, ConnectionMetrics};
 use blipserve_api::info::{Batching, ModelInfo, ReplicaPlacement, ServeInfo};
 use blipserve_api::metrics::{Registry, RequestMetrics};
@@ -74,6 +75,9 @@ pub struct ServeArgs {
     /// and only batches by camera)
     #[command(flatten)]
     pub camera: CameraArgs,
+
+    #[command(flatten)]
+    pub grpc: GrpcArgs,
 
     /// Failed batches in a row (across replicas) after which /ready turns 503 `inference_failing`
     /// until a replica's self-check forward pass succeeds (a bad NeuronCore or driver fails fast, and
@@ -237,6 +241,7 @@ pub fn run(args: ServeArgs, role: Role) -> anyhow::Result<()> {
                 std::future::pending::<()>().await
             }
         };
+        args.grpc.start(args.listen.listen, Arc::new(http::Grpc(state.clone()))).await?;
         let app = http::router(state.clone());
         api_http::serve(listener, app, state.draining.clone(), args.shutdown.shutdown(), connections, stop).await?;
         if let Some(publisher) = publisher {
