@@ -298,19 +298,8 @@ fn camera_form(frame: Vec<u8>, camera: &str, questions: &[&str], behaviors: &[&s
 fn the_gateway_answers_reused_questions_itself_and_forwards_only_the_new_ones() {
     let workers: Vec<Server> =
         (0..2).map(|_| Server::start_role(BIN, "worker", "tiny", 0, &["--threads", "1", "--replicas", "1"])).collect();
-    let dir = tempfile::tempdir().unwrap();
-    let urls: Vec<String> = workers.iter().map(|w| format!("\"{}\"", w.base)).collect();
-    let config = write(
-        dir.path(),
-        "gateway.toml",
-        format!(
-            "listen = \"127.0.0.1\"\nport = 0\n\n[[pools]]\nname = \"cpu\"\nbackend = \"cpu\"\nweight = 100\nurls = [{}]\n",
-            urls.join(", ")
-        )
-        .as_bytes(),
-    );
-    let gateway = Server::spawn(BIN, &["gateway".into(), "--config".into(), config.into_os_string()]);
-    gateway.wait_ready(Duration::from_secs(30));
+    let urls: Vec<&str> = workers.iter().map(|w| w.base.as_str()).collect();
+    let (gateway, _config) = gateway(BIN, &urls, &[], &[]);
     let model_frames = || workers.iter().map(model_frames).sum::<f64>();
     let post = |form: Form, id: &str| -> Value {
         let resp = client().post(gateway.url("/v1/detect")).header("x-request-id", id).multipart(form).send().unwrap();

@@ -53,18 +53,7 @@ fn tritonclient(server: &Server, image: &[u8]) -> Value {
 fn tritonclient_speaks_to_serve_and_to_the_gateway_and_gets_detects_answers() {
     let server = Server::start(BIN, "tiny", &["--grpc-port", "0"]);
     let worker = Server::start_role(BIN, "worker", "tiny", 0, &["--threads", "1", "--replicas", "1"]);
-    let dir = tempfile::tempdir().unwrap();
-    let config = write(
-        dir.path(),
-        "gateway.toml",
-        format!("listen = \"127.0.0.1\"\nport = 0\n\n[[pools]]\nname = \"cpu\"\nbackend = \"cpu\"\nweight = 100\nurls = [\"{}\"]\n", worker.base)
-            .as_bytes(),
-    );
-    let gateway = Server::spawn(
-        BIN,
-        &["gateway".into(), "--config".into(), config.into_os_string(), "--grpc-port".into(), "0".into()],
-    );
-    gateway.wait_ready(std::time::Duration::from_secs(30));
+    let (gateway, _config) = gateway(BIN, &[&worker.base], &["--grpc-port", "0"], &[]);
     let image = frame();
     for (name, server) in [("serve", &server), ("gateway", &gateway)] {
         check_tritonclient(name, server, &image);
@@ -78,18 +67,12 @@ fn tritonclient_speaks_to_serve_and_to_the_gateway_and_gets_detects_answers() {
 
 /// tritonclient's gRPC flavour against the server's gRPC port.
 fn check_tritonclient_grpc(name: &str, server: &Server, image: &[u8]) {
-    let addr = server
-        .stderr
-        .lock()
-        .unwrap()
-        .iter()
-        .find_map(|l| l.split("grpc listening on ").nth(1).map(str::to_string))
-        .unwrap_or_else(|| panic!("{name}: no gRPC port in its log"));
+    let addr = server.grpc_addr();
     let dir = tempfile::tempdir().unwrap();
     let path = write(dir.path(), "frame.jpg", image);
     let out = Command::new(repo().join(".venv-tools/bin/python"))
         .arg(repo().join("tests/clients/oip_grpc.py"))
-        .arg(addr.trim())
+        .arg(addr)
         .arg("tiny")
         .arg(&path)
         .args(QUESTIONS)

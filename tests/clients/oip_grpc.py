@@ -3,9 +3,11 @@ health, then one frame and its questions through `infer`. Prints one JSON object
 test (tests/oip.rs) to check.
 
 usage: oip_grpc.py HOST:PORT MODEL IMAGE QUESTION...
+A W3C trace context in $TRACEPARENT goes along with the `infer` call (tests/tracing.rs).
 """
 
 import json
+import os
 import sys
 
 import numpy as np
@@ -22,7 +24,8 @@ def main() -> None:
     question = grpcclient.InferInput("QUESTION", [len(questions)], "BYTES")
     question.set_data_from_numpy(np.array([q.encode() for q in questions], dtype=np.object_))
     outputs = [grpcclient.InferRequestedOutput("PROBABILITY"), grpcclient.InferRequestedOutput("ANSWER")]
-    result = client.infer(model, [image, question], outputs=outputs, request_id="oip-grpc")
+    headers = {"traceparent": os.environ["TRACEPARENT"]} if os.environ.get("TRACEPARENT") else None
+    result = client.infer(model, [image, question], outputs=outputs, request_id="oip-grpc", headers=headers)
     metadata = client.get_model_metadata(model, as_json=True)
     try:
         client.get_model_metadata("resnet")

@@ -4,14 +4,20 @@
 //! with its retries), so every door leads to the same request path.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::body::Bytes;
+use axum::http::{HeaderMap, HeaderName};
+use opentelemetry::KeyValue;
 use tonic::{Request, Response, Status};
 
 use crate::detect::{DetectResponse, RawDetect};
 use crate::http::error::ApiError;
+use crate::http::Shutdown;
 use crate::oip;
+use crate::otel::{self, Otel, Traced};
 
 #[allow(clippy::all, missing_docs)]
 pub mod proto {
@@ -34,22 +40,54 @@ pub struct GrpcArgs {
 }
 
 impl GrpcArgs {
-    /// Binds the gRPC listener (when asked for) and serves `backend` on it; says where.
-    pub async fn start<B: Backend>(&self, listen: std::net::IpAddr, backend: Arc<B>) -> anyhow::Result<()> {
-        let Some(port) = self.grpc_port else { return Ok(()) };
+    /// Binds the gRPC listener (when asked for) and serves `backend` on it; says where. It stops
+    /// accepting calls when the HTTP listener does (`draining` set, then `shutdown.drain_delay`),
+    /// and [`Running::finish`] waits for the calls in flight.
+    pub async fn start<B: Backend>(
+        &self,
+        listen: std::net::IpAddr,
+        backend: Arc<B>,
+        otel: &Otel,
+        (draining, shutdown): (Arc<AtomicBool>, Shutdown),
+    ) -> anyhow::Result<Running> {
+        let Some(port) = self.grpc_port else { return Ok(Running(None)) };
         let addr = std::net::SocketAddr::new(listen, port);
         let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("binding {addr}: {e}"))?;
         eprintln!("blipserve: grpc listening on {}", listener.local_addr()?);
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-        tokio::spawn(async move {
-            let server = tonic::transport::Server::builder().add_service(service(backend));
-            if let Err(e) = server.serve_with_incoming(incoming).await {
+        let otel = otel.clone();
+        let stop = async move {
+            while !draining.load(Ordering::SeqCst) {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            tokio::time::sleep(shutdown.drain_delay).await;
+        };
+        let server = tokio::spawn(async move {
+            let server = tonic::transport::Server::builder().add_service(service(backend, otel));
+            if let Err(e) = server.serve_with_incoming_shutdown(incoming, stop).await {
                 tracing::error!(error = %e, "the gRPC server stopped");
             }
         });
-        Ok(())
+        Ok(Running(Some((server, shutdown.grace))))
     }
 }
+
+/// The gRPC server, while it runs.
+pub struct Running(Option<(tokio::task::JoinHandle<()>, Duration)>);
+
+impl Running {
+    /// Waits, at most the shutdown's grace period, until the calls in flight are answered.
+    pub async fn finish(self) {
+        if let Some((server, grace)) = self.0 {
+            if tokio::time::timeout(grace, server).await.is_err() {
+                tracing::warn!("shutdown grace period over with gRPC calls still in flight");
+            }
+        }
+    }
+}
+
+/// The server span of an `infer` call over gRPC.
+const INFER_SPAN: &str = "inference.GRPCInferenceService/ModelInfer";
 
 /// What a role answers through gRPC.
 #[tonic::async_trait]
@@ -57,22 +95,25 @@ pub trait Backend: Send + Sync + 'static {
     /// The served model's id (the gateway's: as a worker said it).
     async fn model_id(&self) -> Option<String>;
     fn ready(&self) -> bool;
-    /// Checks and answers a detect request (its key as the `authorization` metadata gave it).
+    /// Checks and answers a detect request. `headers` are the call's metadata that mean the
+    /// same over HTTP (`authorization`, the trace context); `traced` is its server span.
     async fn answer(
         &self,
         raw: RawDetect,
         request_id: String,
-        authorization: Option<String>,
+        headers: HeaderMap,
+        traced: Traced,
     ) -> Result<DetectResponse, Status>;
 }
 
 pub struct Service<B> {
     backend: Arc<B>,
+    otel: Otel,
 }
 
 /// The tonic service over `backend`.
-pub fn service<B: Backend>(backend: Arc<B>) -> GrpcInferenceServiceServer<Service<B>> {
-    GrpcInferenceServiceServer::new(Service { backend })
+pub fn service<B: Backend>(backend: Arc<B>, otel: Otel) -> GrpcInferenceServiceServer<Service<B>> {
+    GrpcInferenceServiceServer::new(Service { backend, otel })
         .max_decoding_message_size(64 << 20)
         .max_encoding_message_size(64 << 20)
 }
@@ -160,16 +201,37 @@ impl<B: Backend> GrpcInferenceService for Service<B> {
     }
 
     async fn model_infer(&self, request: Request<ModelInferRequest>) -> Result<Response<ModelInferResponse>, Status> {
-        let authorization = request.metadata().get("authorization").and_then(|v| v.to_str().ok()).map(str::to_string);
-        let request_id = request.metadata().get("x-request-id").and_then(|v| v.to_str().ok()).map(str::to_string);
+        let metadata = request.metadata().clone().into_headers();
+        let headers: HeaderMap = ["authorization", "traceparent", "tracestate"]
+            .into_iter()
+            .filter_map(|name| Some((HeaderName::from_static(name), metadata.get(name)?.clone())))
+            .collect();
+        let request_id = metadata.get("x-request-id").and_then(|v| v.to_str().ok()).map(str::to_string);
         let request = request.into_inner();
-        let model = self.known_model(&request.model_name).await?;
-        let (raw, wanted) = to_detect(&request)?;
         let request_id = request_id
             .or_else(|| (!request.id.is_empty()).then(|| request.id.clone()))
             .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-        let answer = self.backend.answer(raw, request_id, authorization).await?;
-        Ok(Response::new(from_detect(&answer, model, request.id, &wanted)))
+        let traced = self.otel.server(INFER_SPAN.into(), &headers, || {
+            vec![
+                KeyValue::new("rpc.system", "grpc"),
+                KeyValue::new("rpc.service", "inference.GRPCInferenceService"),
+                KeyValue::new("rpc.method", "ModelInfer"),
+                KeyValue::new(otel::REQUEST_ID, request_id.clone()),
+            ]
+        });
+        let answered = async {
+            let model = self.known_model(&request.model_name).await?;
+            let (raw, wanted) = to_detect(&request)?;
+            let answer = self.backend.answer(raw, request_id, headers, traced.clone()).await?;
+            Ok(Response::new(from_detect(&answer, model, request.id.clone(), &wanted)))
+        };
+        let result: Result<_, Status> = answered.await;
+        if let Err(status) = &result {
+            traced.set(|| vec![KeyValue::new("rpc.grpc.status_code", status.code() as i64)]);
+            traced.status_error(status.message().to_string());
+        }
+        traced.end();
+        result
     }
 }
 

@@ -6,7 +6,7 @@
 //! request and response types and their model-independent checks; [`frame`] checks an image's
 //! header. [`settings`] declares every role's flags once; [`metrics`] and [`cloudwatch`] report.
 //! The [`gateway`] forwards checked requests to pools of workers; [`loadtest`] drives any
-//! detect endpoint. [`roles`] are the `gateway` and `loadtest` command lines.
+//! detect endpoint; [`otel`] traces requests through both tiers. [`roles`] are the `gateway` and `loadtest` command lines.
 
 pub mod backend;
 pub mod behaviors;
@@ -23,6 +23,7 @@ pub mod info;
 pub mod loadtest;
 pub mod metrics;
 pub mod oip;
+pub mod otel;
 pub mod roles;
 pub mod settings;
 

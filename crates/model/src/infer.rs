@@ -10,6 +10,7 @@ use blipserve_api::behaviors::Catalogue;
 use blipserve_api::detect::{AnswerOut, Checked, Mode, Timings};
 use blipserve_api::http::error::ApiError;
 use blipserve_api::metrics::Registry;
+use blipserve_api::otel::{Attribute as KeyValue, Traced};
 use blipserve_api::settings::RequestLimits;
 use prometheus::HistogramVec;
 use tokio::sync::Semaphore;
@@ -117,7 +118,16 @@ impl Infer {
     /// at once when as many frames as the queue and the batches hold are already admitted,
     /// decode and preprocess off the runtime, queue, wait, and apply the behaviours' thresholds.
     /// `started` is when the request arrived.
-    pub async fn detect(&self, checked: Checked, started: Instant, deadline: Instant) -> Result<Detection, ApiError> {
+    ///
+    /// The stages are recorded as children of `traced` (when tracing is on): `preprocess`,
+    /// `queue wait`, and `inference` with the batch it joined.
+    pub async fn detect(
+        &self,
+        checked: Checked,
+        started: Instant,
+        deadline: Instant,
+        traced: &Traced,
+    ) -> Result<Detection, ApiError> {
         self.check_ready()?;
         let mode = match checked.mode {
             Mode::Yesno => AnswerMode::YesNo,
@@ -152,15 +162,28 @@ impl Infer {
         .await
         .map_err(|e| ApiError::Internal(format!("preprocessing task: {e}")))??;
         let preprocess = pre_started.elapsed();
+        traced.record("preprocess", pre_started, pre_started + preprocess, Vec::new);
 
         let (reply, answer) = tokio::sync::oneshot::channel();
-        self.engine.submit(Job { pixels, questions, mode, deadline, enqueued: Instant::now(), camera, reply })?;
+        let enqueued = Instant::now();
+        self.engine.submit(Job { pixels, questions, mode, deadline, enqueued, camera, reply })?;
         let result = match tokio::time::timeout_at(deadline.into(), answer).await {
             Err(_) => return Err(ApiError::DeadlineExceeded),
             Ok(Err(_)) => return Err(ApiError::Internal("the model replica dropped the request".into())),
             Ok(Ok(result)) => result?,
         };
 
+        let (ran, done) = (enqueued + result.queued, enqueued + result.queued + result.inference);
+        traced.record("queue wait", enqueued, ran, Vec::new);
+        let batch = result.batch;
+        traced.record("inference", ran, done, || {
+            vec![
+                KeyValue::new("blipserve.replica", batch.replica as i64),
+                KeyValue::new("blipserve.batch.number", batch.number as i64),
+                KeyValue::new("blipserve.batch.frames", batch.frames as i64),
+                KeyValue::new("blipserve.batch.questions", batch.questions as i64),
+            ]
+        });
         let total = started.elapsed();
         for (stage, took) in
             [("preprocess", preprocess), ("queue", result.queued), ("inference", result.inference), ("total", total)]
@@ -188,7 +211,7 @@ impl Infer {
             inference: ms(result.inference),
             total: ms(total),
         };
-        Ok(Detection { mode: checked.mode, answers, timings, batch_frames: result.batch_frames })
+        Ok(Detection { mode: checked.mode, answers, timings, batch_frames: batch.frames })
     }
 }
 

@@ -11,6 +11,7 @@
 //! - [`poll`]: bounded waiting for a condition
 //! - [`localstack`]: the CloudWatch emulator as a child process
 //! - [`redis`]: Redis as a child process (the camera store a fleet shares)
+//! - [`otlp`]: an OTLP/HTTP trace receiver that keeps the spans it is sent
 //!
 //! The usual items are re-exported here: `use blipserve_testkit::*;`.
 
@@ -19,6 +20,7 @@ pub mod forms;
 pub mod frames;
 pub mod localstack;
 pub mod metrics;
+pub mod otlp;
 pub mod paths;
 pub mod poll;
 pub mod redis;
@@ -27,10 +29,11 @@ pub mod server;
 pub use checks::{openapi_validate, promtool_check};
 pub use forms::detect_form;
 pub use frames::{grey_jpeg, grey_png, jpeg, png, png_claiming, rgb_png, rgba_png, synthetic_frame, Frame, Subsamp};
+pub use otlp::{OtlpReceiver, ReceivedSpan};
 pub use paths::{blipserve_exe, model_dir, op_fixtures, python, repo, run_python, write};
 pub use poll::{eventually, eventually_every};
 pub use redis::Redis;
-pub use server::{client, faulty_worker, Server};
+pub use server::{client, faulty_worker, gateway, Server};
 
 /// Says, on the test process's own stderr, that a test (or a part of one) cannot run on this
 /// host and why, as `SKIPPED: <reason>`; the caller then returns. The line bypasses libtest's

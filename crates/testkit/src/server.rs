@@ -29,15 +29,25 @@ impl Server {
 
     /// [`Server::start`] with extra environment variables.
     pub fn start_with_env(exe: impl AsRef<Path>, model: &str, extra: &[&str], env: &[(&str, &str)]) -> Server {
-        let server = Server::spawn_with_env(exe, &role_args("serve", model, 0, extra), env);
-        server.wait_ready(Duration::from_secs(60));
-        server
+        Server::start_role_with_env(exe, "serve", model, 0, extra, env)
     }
 
     /// Starts `EXE ROLE` (serve or worker) on 127.0.0.1:`port` (0: OS-chosen) and waits (at
     /// most 60 s) until /ready says yes.
     pub fn start_role(exe: impl AsRef<Path>, role: &str, model: &str, port: u16, extra: &[&str]) -> Server {
-        let server = Server::spawn(exe, &role_args(role, model, port, extra));
+        Server::start_role_with_env(exe, role, model, port, extra, &[])
+    }
+
+    /// [`Server::start_role`] with extra environment variables.
+    pub fn start_role_with_env(
+        exe: impl AsRef<Path>,
+        role: &str,
+        model: &str,
+        port: u16,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Server {
+        let server = Server::spawn_with_env(exe, &role_args(role, model, port, extra), env);
         server.wait_ready(Duration::from_secs(60));
         server
     }
@@ -98,6 +108,13 @@ impl Server {
     /// Whether a line of the process's stderr so far contains `text`.
     pub fn logged(&self, text: &str) -> bool {
         self.stderr.lock().unwrap().iter().any(|l| l.contains(text))
+    }
+
+    /// HOST:PORT of its gRPC door (`--grpc-port`), as its log says.
+    pub fn grpc_addr(&self) -> String {
+        let lines = self.stderr.lock().unwrap();
+        let addr = lines.iter().find_map(|l| l.split("grpc listening on ").nth(1).map(|a| a.trim().to_string()));
+        addr.unwrap_or_else(|| panic!("no gRPC port in the log of {}: {lines:?}", self.base))
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -174,6 +191,28 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A ready gateway on 127.0.0.1 (`extra` flags, `env`) with one pool, `cpu`, of the given worker
+/// (or load balancer) URLs; and the folder of its config file, to keep while it runs.
+pub fn gateway(
+    exe: impl AsRef<Path>,
+    urls: &[&str],
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> (Server, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("a folder for the gateway's config");
+    let urls: Vec<String> = urls.iter().map(|url| format!("\"{url}\"")).collect();
+    let text = format!(
+        "listen = \"127.0.0.1\"\nport = 0\n\n[[pools]]\nname = \"cpu\"\nbackend = \"cpu\"\nweight = 100\nurls = [{}]\n",
+        urls.join(", ")
+    );
+    let config = crate::write(dir.path(), "gateway.toml", text.as_bytes());
+    let mut args: Vec<OsString> = vec!["gateway".into(), "--config".into(), config.into_os_string()];
+    args.extend(extra.iter().map(OsString::from));
+    let gateway = Server::spawn_with_env(exe, &args, env);
+    gateway.wait_ready(Duration::from_secs(30));
+    (gateway, dir)
 }
 
 /// A ready worker (`--replicas 1`, then `extra`) whose inference fails while a flag file exists:

@@ -18,6 +18,8 @@ use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
 use futures_util::StreamExt;
+use opentelemetry::trace::SpanKind;
+use opentelemetry::KeyValue;
 use serde_json::Value;
 
 use super::pools::{self, Attempt, Pool, Snapshot, Upstream};
@@ -29,6 +31,7 @@ use crate::http::body::{self, TIMEOUT_HEADER};
 use crate::http::error::ApiError;
 use crate::http::{self, RequestId};
 use crate::oip;
+use crate::otel::Traced;
 
 /// The workers one request tries, in order: never one twice, at most `max_attempts`; each
 /// attempt after the first counts as a retry of the pool that failed before it.
@@ -67,16 +70,18 @@ impl<'a> Attempts<'a> {
 pub(super) async fn detect(
     State(gw): State<Arc<Gateway>>,
     Extension(RequestId(request_id)): Extension<RequestId>,
+    traced: Traced,
     request: Request,
 ) -> Response {
     let mut outcome = gw.metrics.requests.begin();
-    match forward(&gw, &request_id, request).await {
+    match forward(&gw, &request_id, &traced, request).await {
         Ok((response, code)) => {
             outcome.finish(&code, response.status().as_u16());
             response
         }
         Err(e) => {
             tracing::info!(request_id, code = e.code(), error = %e, "detect refused by the gateway");
+            traced.fail(&e);
             outcome.finish(e.code(), e.status().as_u16());
             e.into_response()
         }
@@ -159,7 +164,12 @@ fn worker_budget(remaining: Duration) -> Duration {
 }
 
 /// Checks, then forwards until a worker answers. Returns the response and its outcome label.
-async fn forward(gw: &Gateway, request_id: &str, request: Request) -> Result<(Response, String), ApiError> {
+async fn forward(
+    gw: &Gateway,
+    request_id: &str,
+    traced: &Traced,
+    request: Request,
+) -> Result<(Response, String), ApiError> {
     let started = Instant::now();
     let s = &gw.settings;
     let deadline = body::deadline(request.headers(), started, s.limits.request_timeout);
@@ -171,7 +181,7 @@ async fn forward(gw: &Gateway, request_id: &str, request: Request) -> Result<(Re
     // The original bytes and content type go to the worker: nothing is re-encoded.
     let content_type =
         parts.headers.get(header::CONTENT_TYPE).cloned().ok_or(ApiError::UnsupportedMediaType(String::new()))?;
-    let sent = Sending { request_id, headers: &parts.headers, started, deadline };
+    let sent = Sending { request_id, headers: &parts.headers, started, deadline, traced };
     match dispatch(gw, &sent, raw, Some((content_type, bytes))).await? {
         Dispatched::Relayed(response, code) => Ok((response, code)),
         Dispatched::Answer(body, headers) => {
@@ -188,6 +198,7 @@ pub(super) async fn infer_v2(
     State(gw): State<Arc<Gateway>>,
     Extension(RequestId(request_id)): Extension<RequestId>,
     axum::extract::Path(params): axum::extract::Path<Vec<(String, String)>>,
+    traced: Traced,
     request: Request,
 ) -> Response {
     let mut outcome = gw.metrics.requests.begin();
@@ -203,7 +214,7 @@ pub(super) async fn infer_v2(
         let bytes = body::read_before(body, s.limits.max_body_bytes, deadline).await?;
         http::authorize(&s.api_keys, &parts.headers)?;
         let parsed = oip::parse(&parts.headers, &bytes?)?;
-        let sent = Sending { request_id: &request_id, headers: &parts.headers, started, deadline };
+        let sent = Sending { request_id: &request_id, headers: &parts.headers, started, deadline, traced: &traced };
         match dispatch(&gw, &sent, parsed.raw, None).await? {
             Dispatched::Answer(body, _) if body.model != model && !body.model.is_empty() => {
                 gw.learn_model_id(&body.model);
@@ -223,6 +234,7 @@ pub(super) async fn infer_v2(
         }
         Err(e) => {
             tracing::info!(request_id, code = e.code(), error = %e, "infer refused by the gateway");
+            traced.fail(&e);
             outcome.finish(e.code(), e.status().as_u16());
             oip::error(e)
         }
@@ -235,6 +247,8 @@ struct Sending<'a> {
     headers: &'a HeaderMap,
     started: Instant,
     deadline: Instant,
+    /// The request's server span: the parent of its `checks` and `forward` spans.
+    traced: &'a Traced,
 }
 
 /// What the workers' answer became.
@@ -272,6 +286,7 @@ async fn dispatch(
         }
         plan = Some(camera_plan);
     }
+    sending.traced.record("checks", sending.started, Instant::now(), Vec::new);
     let (content_type, bytes) = match original {
         Some(original) if keys.len() == checked.keys.len() => original,
         _ => {
@@ -284,15 +299,27 @@ async fn dispatch(
     let snapshot = gw.pools.current();
     let mut attempts = Attempts::new(gw, &snapshot);
     let mut refused: Option<Relayed> = None;
+    let forwarding = sending.traced.child("forward", SpanKind::Internal);
     while let Some((pool, upstream)) = attempts.next() {
         let remaining = deadline.saturating_duration_since(Instant::now());
         if remaining.is_zero() {
             return Err(ApiError::DeadlineExceeded);
         }
         let labels = [pool.name.as_str(), pool.backend.as_str()];
+        let tried = forwarding.child(if attempts.count() == 1 { "attempt" } else { "retry" }, SpanKind::Client);
+        tried.set(|| {
+            vec![
+                KeyValue::new("blipserve.attempt", attempts.count() as i64),
+                KeyValue::new("blipserve.pool", pool.name.clone()),
+                KeyValue::new("blipserve.backend", pool.backend.as_str()),
+                KeyValue::new("http.request.method", "POST"),
+                KeyValue::new("url.full", upstream.detect_url().to_string()),
+            ]
+        });
         let record = |attempt: Attempt| {
             upstream.record(attempt);
             gw.metrics.upstream_requests.with_label_values(&[labels[0], labels[1], attempt.as_str()]).inc();
+            tried.set(|| vec![KeyValue::new("blipserve.attempt.outcome", attempt.as_str())]);
         };
         // A failed attempt: the upstream may be ejected (see pools.rs), never the last healthy
         // load balancer.
@@ -314,6 +341,9 @@ async fn dispatch(
         if let Some(authorization) = &authorization {
             outgoing = outgoing.header(header::AUTHORIZATION, authorization.clone());
         }
+        for (name, value) in tried.context_headers(sending.headers) {
+            outgoing = outgoing.header(name, value);
+        }
         let sent = Instant::now();
         let result = outgoing.send().await;
         gw.metrics.upstream_seconds.with_label_values(&labels).observe(sent.elapsed().as_secs_f64());
@@ -321,17 +351,24 @@ async fn dispatch(
             Ok(response) => response,
             Err(e) if e.is_timeout() && !e.is_connect() => {
                 record(Attempt::Timeout);
+                tried.status_error("timed out".into());
                 return Err(ApiError::DeadlineExceeded);
             }
             Err(e) => {
                 // Refused, reset, closed mid-answer (a killed worker): detection is idempotent,
                 // so another worker may answer it.
                 record(Attempt::Transport);
-                fail(&error_chain(&e));
+                let reason = error_chain(&e);
+                tried.status_error(reason.clone());
+                fail(&reason);
                 continue;
             }
         };
         let status = response.status();
+        tried.set(|| vec![KeyValue::new("http.response.status_code", i64::from(status.as_u16()))]);
+        if status.is_server_error() {
+            tried.status_error(format!("status {}", status.as_u16()));
+        }
         if status == StatusCode::OK {
             record(Attempt::Ok);
             if !read_whole {
@@ -574,19 +611,16 @@ impl crate::grpc::Backend for GrpcDoor {
         &self,
         raw: detect::RawDetect,
         request_id: String,
-        authorization: Option<String>,
+        headers: HeaderMap,
+        traced: Traced,
     ) -> Result<detect::DetectResponse, tonic::Status> {
         let gw = &self.0;
         let mut outcome = gw.metrics.requests.begin();
-        let mut headers = HeaderMap::new();
-        if let Some(value) = authorization.and_then(|a| HeaderValue::try_from(a).ok()) {
-            headers.insert(header::AUTHORIZATION, value);
-        }
         let answered = async {
             http::authorize(&gw.settings.api_keys, &headers)?;
             let started = Instant::now();
             let deadline = started + gw.settings.limits.request_timeout;
-            let sending = Sending { request_id: &request_id, headers: &headers, started, deadline };
+            let sending = Sending { request_id: &request_id, headers: &headers, started, deadline, traced: &traced };
             dispatch(gw, &sending, raw, None).await
         };
         match answered.await {
@@ -605,6 +639,7 @@ impl crate::grpc::Backend for GrpcDoor {
             }
             Err(e) => {
                 outcome.finish(e.code(), e.status().as_u16());
+                traced.fail(&e);
                 Err(crate::grpc::status(&e))
             }
         }

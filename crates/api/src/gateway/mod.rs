@@ -26,6 +26,7 @@ use utoipa::ToSchema;
 use crate::camera::{CameraSettings, Cameras};
 use crate::frame::ImageLimits;
 use crate::http::{self, openapi, Readiness};
+use crate::otel::Otel;
 use crate::settings::{ConfigFile, LimitsInfo, RequestLimits};
 use crate::Backend;
 pub use forward::GrpcDoor;
@@ -71,10 +72,12 @@ pub struct Gateway {
     pub(crate) cameras: Arc<Cameras>,
     /// The workers' model id, once a worker has said it (the Open Inference Protocol names it).
     model_id: Mutex<Option<String>>,
+    /// Traces requests through to the workers (when on).
+    pub otel: Otel,
 }
 
 impl Gateway {
-    pub fn new(settings: Settings, file: ConfigFile) -> anyhow::Result<Gateway> {
+    pub fn new(settings: Settings, file: ConfigFile, otel: Otel) -> anyhow::Result<Gateway> {
         let pools = config::pools_of(&file)?;
         let client = reqwest::Client::builder()
             .connect_timeout(settings.connect_timeout)
@@ -98,6 +101,7 @@ impl Gateway {
             metrics,
             cameras,
             model_id: Mutex::new(None),
+            otel,
             client,
             probe_client,
             draining: Arc::new(AtomicBool::new(false)),
@@ -147,6 +151,7 @@ pub fn describe(snapshot: &Snapshot) -> String {
 
 /// The gateway's routes.
 pub fn router(state: Arc<Gateway>) -> Router {
+    let otel = state.otel.clone();
     let routes = Router::new()
         .route("/v1/detect", post(forward::detect))
         .route("/v1/behaviors", get(forward::behaviors))
@@ -165,7 +170,7 @@ pub fn router(state: Arc<Gateway>) -> Router {
         .route("/admin/pools", get(admin::pools).put(admin::set_weights).post(admin::set_weights))
         .route("/admin/pools/{name}", axum::routing::put(admin::set_weight).post(admin::set_weight))
         .with_state(state);
-    http::with_common_routes(routes)
+    http::with_common_routes(routes, &otel)
 }
 
 async fn ready(State(gw): State<Arc<Gateway>>) -> Response {

@@ -81,14 +81,11 @@ async fn request_id(mut request: Request, next: Next) -> Response {
 }
 
 /// A role's routes with what every role serves the same way: `/health`, `/docs`, request ids,
-/// and no body limit of axum's own (bodies are read with [`body::read_limited`], so that the
-/// error is JSON).
-pub fn with_common_routes(routes: Router) -> Router {
-    routes
-        .route("/health", get(health))
-        .route("/docs", get(openapi::docs_page))
-        .layer(DefaultBodyLimit::disable())
-        .layer(middleware::from_fn(request_id))
+/// the inference routes' trace spans (when tracing is on), and no body limit of axum's own
+/// (bodies are read with [`body::read_limited`], so that the error is JSON).
+pub fn with_common_routes(routes: Router, otel: &crate::otel::Otel) -> Router {
+    let routes = routes.route("/health", get(health)).route("/docs", get(openapi::docs_page));
+    otel.layer(routes).layer(DefaultBodyLimit::disable()).layer(middleware::from_fn(request_id))
 }
 
 /// `GET /health`.

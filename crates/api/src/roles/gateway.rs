@@ -13,7 +13,11 @@ use crate::gateway::pools::Outliers;
 use crate::gateway::{self, Gateway, Settings};
 use crate::grpc::GrpcArgs;
 use crate::http;
+use crate::otel::OtelArgs;
 use crate::settings::{bearer_key, ConfigFile, ConnectionArgs, KeyArgs, LimitsArgs, ListenArgs, LogArgs, ShutdownArgs};
+
+/// How long the last spans may take to leave at exit.
+const FLUSH_ON_EXIT: Duration = Duration::from_secs(5);
 
 /// The file's tables that are not flags.
 pub const SECTIONS: &[&str] = &["pools"];
@@ -88,6 +92,9 @@ pub struct GatewayArgs {
     pub grpc: GrpcArgs,
 
     #[command(flatten)]
+    pub otel: OtelArgs,
+
+    #[command(flatten)]
     pub connections: ConnectionArgs,
 
     #[command(flatten)]
@@ -123,7 +130,8 @@ pub fn run(args: GatewayArgs) -> anyhow::Result<()> {
 
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async move {
-        let gateway = Arc::new(Gateway::new(settings, file)?);
+        let otel = args.otel.start("blipserve-gateway")?;
+        let gateway = Arc::new(Gateway::new(settings, file, otel.clone())?);
         gateway::spawn_reload_on_sighup(gateway.clone()).context("listening for SIGHUP")?;
         let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
         let bound = listener.local_addr()?;
@@ -135,11 +143,14 @@ pub fn run(args: GatewayArgs) -> anyhow::Result<()> {
             snapshot.healthy_workers()
         );
         gateway.spawn_health_checks();
-        args.grpc.start(addr.ip(), Arc::new(gateway::GrpcDoor(gateway.clone()))).await?;
+        let (draining, shutdown) = (gateway.draining.clone(), args.shutdown.shutdown());
+        let door = Arc::new(gateway::GrpcDoor(gateway.clone()));
+        let grpc = args.grpc.start(addr.ip(), door, &otel, (draining.clone(), shutdown)).await?;
         let app = gateway::router(gateway.clone());
         let connections = (args.connections.limits(), gateway.metrics.connections.clone());
-        let (draining, shutdown) = (gateway.draining.clone(), args.shutdown.shutdown());
         http::serve(listener, app, draining, shutdown, connections, std::future::pending()).await?;
+        grpc.finish().await;
+        otel.shutdown(FLUSH_ON_EXIT);
         eprintln!("blipserve: stopped");
         anyhow::Ok(())
     })

@@ -95,7 +95,17 @@ pub struct JobResult {
     pub answers: Vec<Answer>,
     pub queued: Duration,
     pub inference: Duration,
-    pub batch_frames: usize,
+    pub batch: BatchOf,
+}
+
+/// The batch that answered a job: which replica ran it, its number there, and what it held.
+#[derive(Debug, Clone, Copy)]
+pub struct BatchOf {
+    pub replica: usize,
+    /// Counts the replica's batches from 1.
+    pub number: u64,
+    pub frames: usize,
+    pub questions: usize,
 }
 
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 use super::health::InferenceHealth;
-use super::{EngineConfig, EngineError, EngineMetrics, Job, JobResult};
+use super::{BatchOf, EngineConfig, EngineError, EngineMetrics, Job, JobResult};
 use crate::model::{FrameQuestions, LoadError, Model};
 
 /// Where the first load failure, or "all loaded", is reported.
@@ -97,9 +97,11 @@ pub(super) fn spawn(
             if idle.send(id).is_err() {
                 return;
             }
+            let mut batches = 0;
             while let Ok(batch) = rx.recv() {
                 if !batch.is_empty() {
-                    if run_batch(&model, batch, &metrics) {
+                    batches += 1;
+                    if run_batch(&model, batch, &metrics, (id, batches)) {
                         health.succeeded();
                     } else if health.failed() {
                         recover(id, &mut model, &config, &health);
@@ -114,8 +116,8 @@ pub(super) fn spawn(
     tx
 }
 
-/// Answers a batch; returns whether it succeeded.
-fn run_batch(model: &Model, batch: Vec<Job>, metrics: &EngineMetrics) -> bool {
+/// Answers a batch (`replica`'s `number`th); returns whether it succeeded.
+fn run_batch(model: &Model, batch: Vec<Job>, metrics: &EngineMetrics, (replica, number): (usize, u64)) -> bool {
     let started = Instant::now();
     metrics.batch_frames.observe(batch.len() as f64);
     let mode = batch[0].mode;
@@ -124,12 +126,13 @@ fn run_batch(model: &Model, batch: Vec<Job>, metrics: &EngineMetrics) -> bool {
     // A panic inside libtorch bindings must cost this batch, not the replica.
     let result = catch_unwind(AssertUnwindSafe(|| model.answer(&frames, mode)));
     let inference = started.elapsed();
-    let batch_frames = batch.len();
+    let of =
+        BatchOf { replica, number, frames: batch.len(), questions: batch.iter().map(|job| job.questions.len()).sum() };
     match result {
         Ok(Ok(answers)) => {
             for (job, answers) in batch.into_iter().zip(answers) {
                 let queued = started.saturating_duration_since(job.enqueued);
-                let _ = job.reply.send(Ok(JobResult { answers, queued, inference, batch_frames }));
+                let _ = job.reply.send(Ok(JobResult { answers, queued, inference, batch: of }));
             }
             true
         }

@@ -12,29 +12,32 @@ use blipserve_api::detect::{self, DetectResponse, RawDetect};
 use blipserve_api::http::error::ApiError;
 use blipserve_api::http::{self as api_http, body, RequestId};
 use blipserve_api::oip;
+use blipserve_api::otel::Traced;
 
 use super::AppState;
 
 pub async fn detect(
     State(state): State<Arc<AppState>>,
     Extension(RequestId(request_id)): Extension<RequestId>,
+    traced: Traced,
     request: Request,
 ) -> Response {
     let mut outcome = state.requests.begin();
-    match handle(&state, request_id.clone(), request).await {
+    match handle(&state, request_id.clone(), &traced, request).await {
         Ok(response) => {
             outcome.finish("ok", 200);
             response
         }
         Err(e) => {
             tracing::info!(request_id, code = e.code(), error = %e, "detect refused");
+            traced.fail(&e);
             outcome.finish(e.code(), e.status().as_u16());
             e.into_response()
         }
     }
 }
 
-async fn handle(state: &AppState, request_id: String, request: Request) -> Result<Response, ApiError> {
+async fn handle(state: &AppState, request_id: String, traced: &Traced, request: Request) -> Result<Response, ApiError> {
     let started = Instant::now();
     let infer = &state.infer;
     let deadline = body::deadline(request.headers(), started, infer.limits().request_timeout);
@@ -43,7 +46,7 @@ async fn handle(state: &AppState, request_id: String, request: Request) -> Resul
     api_http::authorize(&state.api_keys, &parts.headers)?;
     infer.check_ready()?;
     let raw = body::parse_body(&parts.headers, bytes?).await?;
-    render(answer(state, request_id, raw, started, deadline).await?)
+    render(answer(state, request_id, raw, (started, deadline), traced).await?)
 }
 
 /// `POST /v2/models/{name}/infer`: the Open Inference Protocol's request, answered as a detect
@@ -52,6 +55,7 @@ pub async fn infer_v2(
     State(state): State<Arc<AppState>>,
     Extension(RequestId(request_id)): Extension<RequestId>,
     Path(params): Path<Vec<(String, String)>>,
+    traced: Traced,
     request: Request,
 ) -> Response {
     let mut outcome = state.requests.begin();
@@ -68,7 +72,7 @@ pub async fn infer_v2(
         api_http::authorize(&state.api_keys, &parts.headers)?;
         infer.check_ready()?;
         let parsed = oip::parse(&parts.headers, &bytes?)?;
-        let answer = answer(&state, request_id.clone(), parsed.raw, started, deadline).await?;
+        let answer = answer(&state, request_id.clone(), parsed.raw, (started, deadline), &traced).await?;
         Ok(oip::render(&answer, &state.infer.model_id, parsed.id, &parsed.outputs))
     };
     match result.await {
@@ -78,27 +82,30 @@ pub async fn infer_v2(
         }
         Err(e) => {
             tracing::info!(request_id, code = e.code(), error = %e, "infer refused");
+            traced.fail(&e);
             outcome.finish(e.code(), e.status().as_u16());
             oip::error(e)
         }
     }
 }
 
-/// Checks a request and answers it: from the camera's stored answers where they hold, from the
-/// model for the rest.
+/// Checks a request that arrived at `started` and answers it before `deadline`: from the
+/// camera's stored answers where they hold, from the model for the rest. The checks and the
+/// model's stages are spans of `traced`.
 pub(super) async fn answer(
     state: &AppState,
     request_id: String,
     raw: RawDetect,
-    started: Instant,
-    deadline: Instant,
+    (started, deadline): (Instant, Instant),
+    traced: &Traced,
 ) -> Result<DetectResponse, ApiError> {
     let infer = &state.infer;
     let checked = detect::check(raw, infer.limits(), Some(infer.behaviors()))?;
     let mode = checked.mode;
 
     let Some((cameras, camera)) = state.cameras.as_ref().zip(checked.camera.clone()) else {
-        let detection = infer.detect(checked, started, deadline).await?;
+        traced.record("checks", started, Instant::now(), Vec::new);
+        let detection = infer.detect(checked, started, deadline, traced).await?;
         return Ok(DetectResponse {
             request_id,
             model: infer.model_id.clone(),
@@ -112,10 +119,11 @@ pub(super) async fn answer(
     cameras.admit(&camera).await?;
     let plan = cameras.plan(&camera, &checked).await;
     let pending = plan.pending();
+    traced.record("checks", started, Instant::now(), Vec::new);
     if pending.is_empty() {
         return Ok(plan.response(request_id, mode, started));
     }
-    let detection = infer.detect(checked.only(&pending), started, deadline).await?;
+    let detection = infer.detect(checked.only(&pending), started, deadline, traced).await?;
     let body = DetectResponse {
         request_id: request_id.clone(),
         model: infer.model_id.clone(),

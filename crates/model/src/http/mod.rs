@@ -20,6 +20,7 @@ use blipserve_api::http::{self as api_http, openapi, Readiness};
 use blipserve_api::info::ServeInfo;
 use blipserve_api::metrics::{Registry, RequestMetrics};
 use blipserve_api::oip;
+use blipserve_api::otel::{Otel, Traced};
 
 use crate::infer::Infer;
 
@@ -35,6 +36,8 @@ pub struct AppState {
     pub api_keys: Vec<String>,
     /// `GET /v1/info` apart from what changes (ready, queue depth).
     pub info: ServeInfo,
+    /// Traces the inference routes (when on).
+    pub otel: Otel,
 }
 
 impl AppState {
@@ -68,20 +71,17 @@ impl grpc::Backend for Grpc {
         &self,
         raw: RawDetect,
         request_id: String,
-        authorization: Option<String>,
+        headers: axum::http::HeaderMap,
+        traced: Traced,
     ) -> Result<DetectResponse, tonic::Status> {
         let state = &self.0;
         let mut outcome = state.requests.begin();
         let answered = async {
-            let mut headers = axum::http::HeaderMap::new();
-            if let Some(value) = authorization.and_then(|a| axum::http::HeaderValue::try_from(a).ok()) {
-                headers.insert(axum::http::header::AUTHORIZATION, value);
-            }
             api_http::authorize(&state.api_keys, &headers)?;
             state.infer.check_ready()?;
             let started = std::time::Instant::now();
             let deadline = started + state.infer.limits().request_timeout;
-            detect::answer(state, request_id, raw, started, deadline).await
+            detect::answer(state, request_id, raw, (started, deadline), &traced).await
         };
         match answered.await {
             Ok(answer) => {
@@ -90,6 +90,7 @@ impl grpc::Backend for Grpc {
             }
             Err(e) => {
                 outcome.finish(e.code(), e.status().as_u16());
+                traced.fail(&e);
                 Err(grpc::status(&e))
             }
         }
@@ -98,6 +99,7 @@ impl grpc::Backend for Grpc {
 
 /// The routes, in one table.
 pub fn router(state: Arc<AppState>) -> Router {
+    let otel = state.otel.clone();
     let routes = Router::new()
         .route("/v1/detect", post(detect::detect))
         .route("/v1/behaviors", get(behaviors))
@@ -118,7 +120,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/metrics", get(metrics))
         .route("/openapi.json", get(openapi_document))
         .with_state(state);
-    api_http::with_common_routes(routes)
+    api_http::with_common_routes(routes, &otel)
 }
 
 async fn ready(State(state): State<Arc<AppState>>) -> Response {

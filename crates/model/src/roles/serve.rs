@@ -16,6 +16,7 @@ use blipserve_api::grpc::GrpcArgs;
 use blipserve_api::http::{self as api_http, ConnectionMetrics};
 use blipserve_api::info::{Batching, ModelInfo, ReplicaPlacement, ServeInfo};
 use blipserve_api::metrics::{Registry, RequestMetrics};
+use blipserve_api::otel::OtelArgs;
 use blipserve_api::roles::cores;
 use blipserve_api::settings::{
     ConfigFile, ConnectionArgs, KeyArgs, LimitsArgs, LimitsInfo, ListenArgs, LogArgs, RequestLimits, ShutdownArgs,
@@ -78,6 +79,9 @@ pub struct ServeArgs {
 
     #[command(flatten)]
     pub grpc: GrpcArgs,
+
+    #[command(flatten)]
+    pub otel: OtelArgs,
 
     /// Failed batches in a row (across replicas) after which /ready turns 503 `inference_failing`
     /// until a replica's self-check forward pass succeeds (a bad NeuronCore or driver fails fast, and
@@ -205,6 +209,7 @@ pub fn run(args: ServeArgs, role: Role) -> anyhow::Result<()> {
             }
             Role::Worker => None,
         };
+        let otel = args.otel.start(&format!("blipserve-{}", role.name()))?;
         let state = Arc::new(AppState {
             infer: Infer::new(parts, &registry)?,
             requests: RequestMetrics::new(&registry, tally),
@@ -213,6 +218,7 @@ pub fn run(args: ServeArgs, role: Role) -> anyhow::Result<()> {
             draining: Arc::new(AtomicBool::new(false)),
             api_keys: args.keys.api_keys.clone(),
             info,
+            otel: otel.clone(),
         });
         let addr = args.listen.addr();
         let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
@@ -241,13 +247,16 @@ pub fn run(args: ServeArgs, role: Role) -> anyhow::Result<()> {
                 std::future::pending::<()>().await
             }
         };
-        args.grpc.start(args.listen.listen, Arc::new(http::Grpc(state.clone()))).await?;
+        let shutdown = (state.draining.clone(), args.shutdown.shutdown());
+        let grpc = args.grpc.start(args.listen.listen, Arc::new(http::Grpc(state.clone())), &otel, shutdown).await?;
         let app = http::router(state.clone());
         api_http::serve(listener, app, state.draining.clone(), args.shutdown.shutdown(), connections, stop).await?;
+        grpc.finish().await;
         if let Some(publisher) = publisher {
             // The last interval's counts, so a group scaling in sees this instance's final load.
             publisher.shutdown(PUBLISH_ON_EXIT).await;
         }
+        otel.shutdown(PUBLISH_ON_EXIT);
         if let Some(e) = load_failure.lock().unwrap_or_else(|p| p.into_inner()).take() {
             anyhow::bail!("a model replica failed to load: {e}");
         }
