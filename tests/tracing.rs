@@ -252,6 +252,15 @@ fn every_request_is_one_trace_through_the_gateway_and_the_worker() {
     let mut expected: BTreeSet<&str> = answered.iter().map(|(c, _)| c.trace.as_str()).collect();
     expected.extend([root.trace_id.as_str(), refused.trace.as_str(), grpc.trace.as_str()]);
     assert_eq!(traces, expected, "one trace per request");
+    let services: BTreeSet<&str> = spans.iter().map(|s| s.service.as_str()).collect();
+    eprintln!(
+        "tracing: {} requests, {} traces, {} spans from {services:?}; the retried request: {} spans \
+         (attempt: transport, retry: ok, the worker's span under the retry)",
+        answered.len() + 4,
+        traces.len(),
+        spans.len(),
+        tries.len()
+    );
 }
 
 /// How many workers the gateway tried in a trace (the client saw no header for gRPC, nor is
