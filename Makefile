@@ -13,6 +13,7 @@ VENV        := .venv
 PYTHON      := $(abspath $(VENV))/bin/python
 TINY        := models/tiny
 TINY_STATIC := models/tiny-static
+TINY_BF16   := models/tiny-bf16
 SAMPLE      := models/sample-frame.jpg
 
 # tch builds against the torch of the pinned Python environment (no separate libtorch).
@@ -51,13 +52,20 @@ $(TINY)/manifest.json: models/export.py models/blip_common.py | python
 $(TINY_STATIC)/manifest.json: models/export.py models/blip_common.py | python
 	cd models && $(PYTHON) export.py tiny $(notdir $(TINY_STATIC)) --static --image-batch 2 --batch 4 --question-len 24 --decoder-len 20
 
+# bfloat16 (layer norms and the language-model head in float32): the same weights as $(TINY).
+$(TINY_BF16)/manifest.json: models/export.py models/blip_common.py | python
+	cd models && $(PYTHON) export.py tiny $(notdir $(TINY_BF16)) --dtype bfloat16
+
 models/base-random/manifest.json: models/export.py models/blip_common.py | python
 	cd models && $(PYTHON) export.py base-random base-random
+
+models/base-random-bf16/manifest.json: models/export.py models/blip_common.py | python
+	cd models && $(PYTHON) export.py base-random base-random-bf16 --dtype bfloat16
 
 $(SAMPLE): models/sample_frame.py | python
 	$(PYTHON) models/sample_frame.py $@
 
-models: $(TINY)/manifest.json $(TINY_STATIC)/manifest.json $(SAMPLE)
+models: $(TINY)/manifest.json $(TINY_STATIC)/manifest.json $(TINY_BF16)/manifest.json $(SAMPLE)
 
 PORT ?= 8080
 
@@ -144,4 +152,4 @@ bench: build models/base-random/manifest.json
 	$(PYTHON) benches/bench.py
 
 clean-models:
-	rm -rf $(TINY) $(TINY_STATIC) $(SAMPLE)
+	rm -rf $(TINY) $(TINY_STATIC) $(TINY_BF16) $(SAMPLE)

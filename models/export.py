@@ -123,6 +123,53 @@ class TextDecoder(nn.Module):
 
 
 # --------------------------------------------------------------------------------------------
+# Reduced precision
+#
+# A bfloat16 or float16 export keeps two kinds of modules in float32: the layer norms (a mean
+# and variance over 768 reduced-precision activations loses digits every layer) and the
+# language-model head, whose logits are the answer: P(yes) is a softmax of them, and 8 bits of
+# mantissa on logits of magnitude 10 move it by whole percents. Their share of the work is small
+# (the head runs on the decoder's few positions); the matrix multiplications, nearly all of it,
+# run in the reduced precision.
+# --------------------------------------------------------------------------------------------
+
+
+class Float32Island(nn.Module):
+    """`inner`, kept in float32 inside a reduced-precision model: its input is cast up, its output
+    back to the input's dtype (`keep_float32_output`: left in float32)."""
+
+    def __init__(self, inner: nn.Module, keep_float32_output: bool = False):
+        super().__init__()
+        self.inner = inner
+        self.keep_float32_output = keep_float32_output
+
+    def forward(self, x):
+        y = self.inner(x.float())
+        return y if self.keep_float32_output else y.to(x.dtype)
+
+    def _apply(self, fn, recurse=True):
+        # The model's .to(dtype) moves the island to the device but leaves it float32.
+        return super()._apply(lambda t: t.to(fn(t).device) if t.is_floating_point() else fn(t), recurse)
+
+
+def keep_float32(model) -> dict:
+    """Wraps every LayerNorm and the decoder's language-model head as float32 islands; returns
+    what the manifest records."""
+    norms = 0
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, nn.LayerNorm):
+                setattr(parent, name, Float32Island(child))
+                norms += 1
+    head = model.text_decoder.cls
+    # The head's weight is tied to the word embeddings, which run in the reduced precision: the
+    # head gets a float32 copy of its own.
+    head.predictions.decoder.weight = nn.Parameter(head.predictions.decoder.weight.detach().clone())
+    model.text_decoder.cls = Float32Island(head, keep_float32_output=True)
+    return {"float32_modules": {"layer_norms": norms, "lm_head": True}}
+
+
+# --------------------------------------------------------------------------------------------
 # Question padding
 #
 # transformers (4.57) drops BLIP's cross-attention mask: BlipTextLayer hands it to
@@ -347,7 +394,8 @@ def part_specs(config, args) -> dict:
                 {"name": "question_embeds", "dtype": dt, "shape": [bq, lq, ht]},
                 {"name": "question_attention_mask", "dtype": "int64", "shape": [bq, lq]},
             ],
-            "outputs": [{"name": "logits", "dtype": dt, "shape": [bq, td, vocab]}],
+            # The language-model head runs in float32 at every precision (see keep_float32).
+            "outputs": [{"name": "logits", "dtype": "float32", "shape": [bq, td, vocab]}],
         },
     }
 
@@ -472,7 +520,8 @@ def parse_args(argv=None):
     p.add_argument("out", type=Path, help="model directory to write")
     p.add_argument("--target", choices=["cpu", "cuda", "neuron"], default="cpu")
     p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32",
-                   help="dtype of the traced parts (cpu: float32; cuda: any; neuron: see --neuron-auto-cast)")
+                   help="dtype of the traced parts (cpu: float32 or bfloat16; cuda: any; neuron: see "
+                        "--neuron-auto-cast); layer norms and the language-model head stay float32")
     p.add_argument("--static", action="store_true",
                    help="fixed shapes for every part (what Neuron requires); default: dynamic")
     p.add_argument("--image-batch", type=int, default=1, help="fixed image-encoder batch (with --static)")
@@ -493,8 +542,8 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if args.target == "neuron" and not args.static:
         p.error("Neuron artifacts have fixed shapes: add --static")
-    if args.target == "cpu" and args.dtype != "float32":
-        p.error("cpu exports are float32")
+    if args.target == "cpu" and args.dtype == "float16":
+        p.error("cpu exports are float32 or bfloat16 (CPUs have no fast float16 matrix multiplication)")
     if args.freeze and args.target == "neuron":
         p.error("--freeze applies to cpu/cuda exports")
     return args
@@ -524,6 +573,7 @@ def main(argv=None) -> int:
     padding = ensure_question_padding_is_masked(model)
     check_split_matches_transformers(model)
     attention = fuse_vision_attention(model, args)
+    islands = keep_float32(model) if dtype != torch.float32 else {}
     specs = part_specs(model.config, args)
     parts = {
         "image_encoder": ImageEncoder(model),
@@ -542,6 +592,7 @@ def main(argv=None) -> int:
     manifest = common.manifest(model, processor, origin, specs, args)
     manifest.update(padding)
     manifest.update(attention)
+    manifest.update(islands)
     if args.target == "neuron":
         # One replica per NeuronCore: blipserve binds each replica's modules through this helper.
         common.save_neuron_placement(out / common.NEURON_PLACEMENT_FILE)
