@@ -138,7 +138,8 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// Starts the replicas (each loads and warms its own copy of the model) and the batcher.
+    /// Starts the replicas (CPU replicas share one loaded model, others load their own; each
+    /// warms up) and the batcher.
     /// Returns at once; `loaded` reports when every replica is ready, or the first load error.
     pub fn start(config: EngineConfig, metrics: EngineMetrics) -> (Engine, oneshot::Receiver<Result<(), String>>) {
         let queue = Arc::new(queue::FairQueue::new(config.queue_capacity, config.per_camera_queue));
@@ -153,10 +154,15 @@ impl Engine {
             metrics.inference_failing.clone(),
             metrics.inference_failures.clone(),
         ));
+        let weights = Arc::new(worker::SharedWeights::default());
         let workers: Vec<mpsc::Sender<Vec<Job>>> = (0..replicas)
             .map(|id| {
-                let shared =
-                    worker::Shared { idle: idle_tx.clone(), report: load_report.clone(), health: health.clone() };
+                let shared = worker::Shared {
+                    idle: idle_tx.clone(),
+                    report: load_report.clone(),
+                    health: health.clone(),
+                    weights: weights.clone(),
+                };
                 worker::spawn(id, &config, shared, metrics.clone())
             })
             .collect();

@@ -1,7 +1,8 @@
-//! A model replica: one OS thread that owns one loaded [`Model`] and answers batches. While
-//! inference is failing ([`super::health`]) a replica whose batch failed stays out of the idle
-//! pool and recovers: a self-check forward pass with back-off, and after a few failed checks a
-//! reload of its model, until inference works again.
+//! A model replica: one OS thread that holds a loaded [`Model`] and answers batches. CPU replicas
+//! share one copy of the model ([`SharedWeights`]); a GPU or NeuronCore replica loads its own.
+//! While inference is failing ([`super::health`]) a replica whose batch failed stays out of the
+//! idle pool and recovers: a self-check forward pass with back-off, and after a few failed checks
+//! a reload of its model (its own copy from then on), until inference works again.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -12,6 +13,7 @@ use tokio::sync::oneshot;
 
 use super::health::InferenceHealth;
 use super::{BatchOf, EngineConfig, EngineError, EngineMetrics, Job, JobResult};
+use crate::device::Device;
 use crate::model::{FrameQuestions, LoadError, Model};
 
 /// Where the first load failure, or "all loaded", is reported.
@@ -52,6 +54,28 @@ pub(super) struct Shared {
     pub idle: mpsc::Sender<usize>,
     pub report: LoadReport,
     pub health: Arc<InferenceHealth>,
+    pub weights: Arc<SharedWeights>,
+}
+
+/// The one model every CPU replica runs. A TorchScript module's weights are read-only and
+/// libtorch runs a module from several threads at once, so each CPU replica adds its threads
+/// and activations, not another copy of the weights. The first replica to start loads it; the
+/// others wait for it; they warm up in turn, so that their largest batches' activations are not
+/// all held at once.
+#[derive(Default)]
+pub(super) struct SharedWeights(Mutex<Option<Arc<Model>>>, Mutex<()>);
+
+impl SharedWeights {
+    fn get_or_load(&self, load: impl FnOnce() -> Result<Model, LoadError>) -> Result<Arc<Model>, LoadError> {
+        // A replica that panicked while loading leaves nothing behind: the next one loads.
+        let mut loaded = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(model) = loaded.as_ref() {
+            return Ok(model.clone());
+        }
+        let model = Arc::new(load()?);
+        *loaded = Some(model.clone());
+        Ok(model)
+    }
 }
 
 /// The first pause between self-checks of a failing replica, doubling to the last.
@@ -59,6 +83,21 @@ const FIRST_RECHECK: Duration = Duration::from_millis(500);
 const LAST_RECHECK: Duration = Duration::from_secs(30);
 /// Self-checks that fail in a row before the replica reloads its model.
 const RELOAD_AFTER: u32 = 3;
+/// A replica idle this long hands the memory its batches freed back to the OS.
+const TRIM_WHEN_IDLE: Duration = Duration::from_secs(2);
+
+/// Returns the heap pages libtorch's activations freed to the OS. glibc keeps freed memory in
+/// per-thread arenas, so each replica would otherwise hold on to its largest batch's activations
+/// (the warm-up's, at the largest batch) for good. Called after the warm-up and when a replica
+/// has been idle, never between busy batches, which would fault the pages back in.
+fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns free pages of the heap to the OS; no allocation in use is
+    // touched, and it is safe to call from any thread.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
 
 pub(super) fn spawn(
     id: usize,
@@ -66,7 +105,7 @@ pub(super) fn spawn(
     shared: Shared,
     metrics: EngineMetrics,
 ) -> mpsc::Sender<Vec<Job>> {
-    let Shared { idle, report, health } = shared;
+    let Shared { idle, report, health, weights } = shared;
     let (tx, rx) = mpsc::channel::<Vec<Job>>();
     let config = config.clone();
     std::thread::Builder::new()
@@ -76,8 +115,16 @@ pub(super) fn spawn(
             tch::set_num_threads(config.threads_per_replica.max(1) as i32);
             let load = config.load.placed(config.slots[id]);
             let loaded = catch_unwind(AssertUnwindSafe(|| {
-                let model = Model::load(&config.model_dir, &load)?;
+                let (model, _turn) = match config.slots[id].device {
+                    Device::Cpu => (
+                        weights.get_or_load(|| Model::load(&config.model_dir, &load))?,
+                        Some(weights.1.lock().unwrap_or_else(|p| p.into_inner())),
+                    ),
+                    _ => (Arc::new(Model::load(&config.model_dir, &load)?), None),
+                };
+                // Every replica warms up: its own threads, and the shapes it will run.
                 model.warm_up(config.max_batch_frames, config.max_questions).map_err(LoadError::SelfCheck)?;
+                release_free_memory();
                 Ok::<_, LoadError>(model)
             }));
             let mut model = match loaded {
@@ -98,8 +145,21 @@ pub(super) fn spawn(
                 return;
             }
             let mut batches = 0;
-            while let Ok(batch) = rx.recv() {
+            let mut trimmed = true;
+            loop {
+                let batch = match rx.recv_timeout(TRIM_WHEN_IDLE) {
+                    Ok(batch) => batch,
+                    Err(mpsc::RecvTimeoutError::Timeout) => {
+                        if !trimmed {
+                            release_free_memory();
+                            trimmed = true;
+                        }
+                        continue;
+                    }
+                    Err(mpsc::RecvTimeoutError::Disconnected) => return,
+                };
                 if !batch.is_empty() {
+                    trimmed = false;
                     batches += 1;
                     if run_batch(&model, batch, &metrics, (id, batches)) {
                         health.succeeded();
@@ -143,7 +203,7 @@ fn run_batch(model: &Model, batch: Vec<Job>, metrics: &EngineMetrics, (replica, 
 
 /// Until a self-check forward pass succeeds: checks with back-off, reloading the model after
 /// [`RELOAD_AFTER`] failed checks in a row. The replica takes no batch meanwhile.
-fn recover(id: usize, model: &mut Model, config: &EngineConfig, health: &InferenceHealth) {
+fn recover(id: usize, model: &mut Arc<Model>, config: &EngineConfig, health: &InferenceHealth) {
     let mut pause = FIRST_RECHECK;
     let mut failed_checks = 0;
     while health.is_failing() {
@@ -162,7 +222,7 @@ fn recover(id: usize, model: &mut Model, config: &EngineConfig, health: &Inferen
                 Ok(Ok(reloaded)) => {
                     // Loading runs a forward pass of its own: the model works again.
                     tracing::warn!(replica = id, "model reloaded");
-                    *model = reloaded;
+                    *model = Arc::new(reloaded);
                     health.succeeded();
                     return;
                 }
