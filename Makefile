@@ -4,7 +4,7 @@
 #   make sweep  the capacity sweep on the tiny model: chart, CSV and JSON in target/sweep
 #   make soak   30 minutes of two tiers at 70 % of capacity, sampled: CSV and chart in target/soak
 #   make overload  70 %, 3× and 70 % of capacity through the gateway: statuses and accounting
-#   make bench  blipserve against plain transformers on the base-size random model (a few minutes)
+#   make bench  blipserve against transformers and eager PyTorch on the base-size random model, fp32 and bf16 (5 minutes)
 #   make docs   regenerate the settings reference in docs/configuration.md
 SHELL := /bin/bash
 .DEFAULT_GOAL := run
@@ -148,7 +148,7 @@ docs: build
 
 # The same frames and questions through a plain transformers server and through blipserve, then
 # in-process: frames/s, p50, p99 and the ratios (benches/bench.py; README "Benchmarks").
-bench: build models/base-random/manifest.json
+bench: build models/base-random/manifest.json models/base-random-bf16/manifest.json
 	$(PYTHON) benches/bench.py
 
 clean-models:

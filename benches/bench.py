@@ -1,18 +1,23 @@
-"""`make bench`: blipserve against plain transformers on the base-size random model.
+"""`make bench`: blipserve against the best Python can do, on the base-size random model.
 
-    python benches/bench.py [--model models/base-random] [--concurrency 2] ...
+    python benches/bench.py [--model models/base-random] [--bf16-model models/base-random-bf16] ...
 
-1. The reference server (benches/reference_server.py: processor then `generate`, per question)
-   under `blipserve loadtest`.
-2. `blipserve serve` on the same model directory, with its defaults, under the same load.
-3. `blipserve throughput`: the same frames in-process, no HTTP, in batches the size of the
+1. transformers `generate` with a frame's questions batched, answers cut at 2 new tokens (what
+   blip-vqa-base needs for "yes" + [SEP]; a random-weight model would otherwise run all 19),
+   served by benches/reference_server.py under `blipserve loadtest`.
+2. blipserve's algorithm written in eager PyTorch (vision once, questions batched, one decoder
+   step), float32 and bfloat16, served the same way: the strongest fair Python baseline.
+3. `blipserve serve` on the same weights, with its defaults, under the same load; its resident
+   memory against the traced parts' bytes.
+4. `blipserve throughput`: the same frames in-process, no HTTP, in batches the size of the
    server's mean batch, to show what the server layer costs.
+3 and 4 again on the bfloat16 export of the same weights, when it exists.
 
 The same frames (synthetic 1920x1080 JPEGs, written here) and the same three questions go to
-both servers at the same concurrency. Prints frames/s, p50 and p99 of each, the ratios, and
-whether the targets hold (blipserve >= 3x the reference; the server >= 0.95x in-process); exits
-1 when one does not. Other processes competing for the CPU skew every figure: each phase reports
-how much of the machine they took.
+every server at the same concurrency. Prints frames/s, p50, p99 and resident memory of each, the
+ratios, and whether the targets hold (blipserve serve >= 3x row 1; the server >= 0.95x
+in-process); exits 1 when one does not. Other processes competing for the CPU skew every figure:
+each phase reports how much of the machine they took.
 """
 
 from __future__ import annotations
@@ -178,15 +183,86 @@ def batch_frames(server: Server) -> tuple[float, float] | None:
     return (float(values["sum"]), float(values["count"])) if len(values) == 2 else None
 
 
+def rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        kb = next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+    return kb / 1024
+
+
+def weights_mb(model: Path) -> float:
+    """The traced parts' bytes (their weights, at the precision they were exported in)."""
+    return sum(p.stat().st_size for p in model.glob("*.pt")) / 2**20
+
+
+def reference_rows(args, repo: Path, frames: list[Path]) -> list[tuple[str, dict]]:
+    """transformers' `generate` (batched, 2 tokens) and blipserve's algorithm in eager PyTorch,
+    float32 and bfloat16: each a reference server under the same load test."""
+    rows = []
+    for dtype, phases in [
+        ("float32", [("transformers generate, batched, 2 tokens", "?max_new_tokens=2&batch=1"),
+                     ("eager PyTorch, same algorithm, fp32", "?eager=1")]),
+        ("bfloat16", [("eager PyTorch, same algorithm, bf16", "?eager=1")]),
+    ]:
+        port = free_port()
+        command = [args.python, str(repo / "benches/reference_server.py"), "--model", args.model, "--port", str(port),
+                   "--dtype", dtype]
+        server = Server(f"reference-{dtype}", command, port, "/health", args.out / f"reference-{dtype}.log")
+        try:
+            for name, query in phases:
+                slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+                report = load_test(args, server, frames, args.reference_requests, args.out / f"{slug}.json", query)
+                report["rss_mb"] = rss_mb(server.proc.pid)
+                rows.append((name, report))
+        finally:
+            server.stop()
+    return rows
+
+
+def blipserve_rows(args, model: str, precision: str, frames: list[Path]) -> list[tuple[str, dict]]:
+    """`blipserve serve` under the load test, then `blipserve throughput` in-process in batches
+    of the server's mean batch with one replica's threads."""
+    # blipserve's defaults; only the request deadline is raised, so that a machine slowed down by
+    # something else shows in the figures rather than as 504s.
+    command = [args.blipserve, "serve", "--model", model, "--port", str(port := free_port()),
+               "--request-timeout-ms", "120000", *args.serve_arg]
+    server = Server(f"blipserve-{precision}", command, port, "/ready", args.out / f"blipserve-{precision}.log")
+    try:
+        served = load_test(args, server, frames, args.requests, args.out / f"blipserve-{precision}.json")
+        served["rss_mb"] = rss_mb(server.proc.pid)
+        info = json.loads(server.get("/v1/info"))
+    finally:
+        server.stop()
+    served["weights_mb"] = weights_mb(Path(model))
+    batch = max(1, round(served["mean_batch_frames"]))
+    threads = info["threads_per_replica"]
+    out = args.out / f"in-process-{precision}.json"
+    command = [args.blipserve, "throughput", "--model", model, "--frames", str(args.requests),
+               "--batch-frames", str(batch), "--threads", str(threads), "--json", str(out)]
+    for f in frames:
+        command += ["--image", str(f)]
+    for q in QUESTIONS:
+        command += ["--question", q]
+    share = CpuShare()
+    cpu0, t0 = children_cpu_s(), time.time()
+    inproc = run(command, out)
+    inproc["others_cpu_share"] = share.others(children_cpu_s() - cpu0, time.time() - t0)
+    served["setup"] = (f"{' '.join(command[2:4])}: {info['replicas']} replica x {threads} threads, max batch "
+                       f"{info['batching']['max_batch_frames']} frames (mean batch {served['mean_batch_frames']:.2f}); "
+                       f"in-process: --batch-frames {batch} --threads {threads}")
+    return [(f"blipserve serve, {precision}", served), (f"blipserve in-process, {precision}", inproc)]
+
+
 def main(argv=None) -> int:
     repo = Path(__file__).resolve().parent.parent
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=str(repo / "models/base-random"))
+    p.add_argument("--bf16-model", default=str(repo / "models/base-random-bf16"),
+                   help="the same weights exported in bfloat16 (skipped when absent)")
     p.add_argument("--blipserve", default=str(repo / "target/release/blipserve"))
     p.add_argument("--python", default=sys.executable, help="Python of the pinned environment")
     p.add_argument("--out", type=Path, default=repo / "target/bench", help="frames, reports and logs")
     p.add_argument("--concurrency", type=int, default=2, help="clients of each load test")
-    p.add_argument("--reference-requests", type=int, default=8, help="frames measured on the reference")
+    p.add_argument("--reference-requests", type=int, default=8, help="frames measured on each Python baseline")
     p.add_argument("--requests", type=int, default=32, help="frames measured on blipserve and in-process")
     p.add_argument("--max-phase-s", type=float, default=180, help="longest a load test may run")
     p.add_argument("--serve-arg", action="append", default=[], help="extra `blipserve serve` flag (repeatable)")
@@ -196,79 +272,61 @@ def main(argv=None) -> int:
     log(f"{os.cpu_count()} cores; load average before: {os.getloadavg()[0]:.2f}")
     frames = write_frames(args.out / "frames", 4)
 
-    reference = Server("reference", [args.python, str(repo / "benches/reference_server.py"), "--model", args.model,
-                                     "--port", str(port := free_port())], port, "/health", args.out / "reference.log")
-    try:
-        ref = load_test(args, reference, frames, args.reference_requests, args.out / "reference.json")
-        # What blip-vqa-base itself costs: it answers a yes/no question in 2 tokens, "yes" and [SEP].
-        ref_short = load_test(args, reference, frames, args.reference_requests, args.out / "reference-2-tokens.json",
-                              "?max_new_tokens=2")
-    finally:
-        reference.stop()
+    rows = reference_rows(args, repo, frames)
+    rows += blipserve_rows(args, args.model, "fp32", frames)
+    bf16 = Path(args.bf16_model).joinpath("manifest.json").is_file()
+    if bf16:
+        rows += blipserve_rows(args, args.bf16_model, "bf16", frames)
+    else:
+        log(f"no {args.bf16_model}: the bf16 rows are skipped (make {args.bf16_model}/manifest.json)")
+    r = dict(rows)
+    fps = {name: report["throughput_per_s"] for name, report in rows}
 
-    # blipserve's defaults; only the request deadline is raised, so that a machine slowed down by
-    # something else shows in the figures rather than as 504s.
-    serve_command = [args.blipserve, "serve", "--model", args.model, "--port", str(port := free_port()),
-                     "--request-timeout-ms", "120000", *args.serve_arg]
-    server = Server("blipserve", serve_command, port, "/ready", args.out / "blipserve.log")
-    try:
-        ours = load_test(args, server, frames, args.requests, args.out / "blipserve.json")
-        info = json.loads(server.get("/v1/info"))
-    finally:
-        server.stop()
-
-    # In-process: batches of the server's mean batch, rounded; the threads of one server replica.
-    batch = max(1, round(ours["mean_batch_frames"]))
-    threads = info["threads_per_replica"]
-    command = [args.blipserve, "throughput", "--model", args.model, "--frames", str(args.requests),
-               "--batch-frames", str(batch), "--threads", str(threads), "--json", str(args.out / "in-process.json")]
-    for f in frames:
-        command += ["--image", str(f)]
-    for q in QUESTIONS:
-        command += ["--question", q]
-    share = CpuShare()
-    cpu0, t0 = children_cpu_s(), time.time()
-    inproc = run(command, args.out / "in-process.json")
-    inproc["others_cpu_share"] = share.others(children_cpu_s() - cpu0, time.time() - t0)
-
-    speed_up = ours["throughput_per_s"] / ref["throughput_per_s"]
-    speed_up_short = ours["throughput_per_s"] / ref_short["throughput_per_s"]
-    server_share = ours["throughput_per_s"] / inproc["throughput_per_s"]
-    rows = [
-        ("reference: transformers", ref),
-        ("reference, answers cut at 2 tokens", ref_short),
-        ("blipserve serve", ours),
-        ("blipserve in-process, no HTTP", inproc),
-    ]
     print()
-    print(f"make bench: {Path(args.model).name}, fp32, {os.cpu_count()} cores, {len(frames)} different 1920x1080 JPEG "
-          f"frames x {len(QUESTIONS)} questions, {args.concurrency} concurrent clients (blipserve loadtest, closed loop)")
-    print(f"  reference: benches/reference_server.py, transformers {ref_versions(args.python)}: BlipProcessor then "
-          f"generate per question (random weights never stop early: 19 tokens), torch threads = cores, one request "
-          f"at a time")
-    print(f"  blipserve: {' '.join(serve_command[2:])}: {info['replicas']} replica x {threads} threads, max batch "
-          f"{info['batching']['max_batch_frames']} frames (mean batch {ours['mean_batch_frames']:.2f}), yes/no answers "
-          f"(the default mode: one decoder step)")
-    print(f"  in-process: blipserve throughput --batch-frames {batch} --threads {threads} (decode, resize, tokenise, "
-          f"pipeline)")
+    print(f"make bench: {Path(args.model).name}, {os.cpu_count()} cores, {len(frames)} different 1920x1080 JPEG "
+          f"frames x {len(QUESTIONS)} yes/no questions, {args.concurrency} concurrent clients (blipserve loadtest, "
+          f"closed loop) on every server")
+    print(f"  Python baselines: benches/reference_server.py, transformers {ref_versions(args.python)}, torch threads "
+          f"= cores, one request at a time: generate with the frame's questions batched, cut at 2 new tokens "
+          f"(blip-vqa-base's yes/no answer: 'yes' + [SEP]); and blipserve's algorithm in eager PyTorch (vision once, "
+          f"questions batched, one decoder step)")
+    print(f"  blipserve fp32: {r['blipserve serve, fp32']['setup']}")
+    if bf16:
+        print(f"  blipserve bf16: {r['blipserve serve, bf16']['setup']}")
     print()
-    print(f"| {'':34} | {'frames':>6} | {'frames/s':>8} | {'p50 ms':>7} | {'p99 ms':>7} | {'CPU taken by others':>19} |")
-    print(f"| {'-' * 34} | {'-' * 5}: | {'-' * 7}: | {'-' * 6}: | {'-' * 6}: | {'-' * 18}: |")
-    for name, r in rows:
-        n = r.get("ok", r.get("frames"))
-        lat = r.get("latency_ms")
+    print(f"| {'':42} | {'frames':>6} | {'frames/s':>8} | {'p50 ms':>7} | {'p99 ms':>7} | {'RSS MB':>7} | "
+          f"{'weights MB':>10} | {'CPU taken by others':>19} |")
+    print(f"| {'-' * 42} | {'-' * 5}: | {'-' * 7}: | {'-' * 6}: | {'-' * 6}: | {'-' * 6}: | {'-' * 9}: | {'-' * 18}: |")
+    for name, report in rows:
+        n = report.get("ok", report.get("frames"))
+        lat = report.get("latency_ms")
         p50, p99 = (f"{lat['p50']:.0f}", f"{lat['p99']:.0f}") if lat else ("-", "-")
-        print(f"| {name:34} | {n:>6} | {r['throughput_per_s']:>8.3f} | {p50:>7} | {p99:>7} | "
-              f"{r['others_cpu_share']:>19.0%} |")
+        rss = f"{report['rss_mb']:.0f}" if "rss_mb" in report else "-"
+        weights = f"{report['weights_mb']:.0f}" if "weights_mb" in report else "-"
+        print(f"| {name:42} | {n:>6} | {report['throughput_per_s']:>8.3f} | {p50:>7} | {p99:>7} | {rss:>7} | "
+              f"{weights:>10} | {report['others_cpu_share']:>19.0%} |")
     print()
+    served, inproc = fps["blipserve serve, fp32"], fps["blipserve in-process, fp32"]
+    speed_up = served / fps["transformers generate, batched, 2 tokens"]
+    over_eager = inproc / fps["eager PyTorch, same algorithm, fp32"]
+    server_share = served / inproc
     ok_speed = speed_up >= SPEED_UP_TARGET
     ok_share = server_share >= SERVER_SHARE_TARGET
-    print(f"blipserve / reference:          {speed_up:5.2f}x frames/s (target >= {SPEED_UP_TARGET}x: "
-          f"{'met' if ok_speed else 'MISSED'})")
-    print(f"blipserve / reference, 2 tokens: {speed_up_short:5.2f}x frames/s (what to expect with blip-vqa-base)")
-    print(f"blipserve serve / in-process:    {server_share:5.3f} (target >= {SERVER_SHARE_TARGET}: "
-          f"{'met' if ok_share else 'MISSED'})")
-    worst = max(r["others_cpu_share"] for _, r in rows)
+    print(f"blipserve serve / transformers generate (2 tokens):  {speed_up:5.2f}x frames/s "
+          f"(target >= {SPEED_UP_TARGET}x: {'met' if ok_speed else 'MISSED'})")
+    print(f"blipserve in-process / eager PyTorch, same algorithm: {over_eager:5.2f}x frames/s (fp32 both)")
+    print(f"blipserve serve / in-process:                         {server_share:5.3f} "
+          f"(target >= {SERVER_SHARE_TARGET}: {'met' if ok_share else 'MISSED'})")
+    print(f"blipserve serve RSS / weights:                        "
+          f"{r['blipserve serve, fp32']['rss_mb'] / r['blipserve serve, fp32']['weights_mb']:5.2f} (fp32)")
+    if bf16:
+        print(f"blipserve bf16 / fp32 in-process:                     "
+              f"{fps['blipserve in-process, bf16'] / inproc:5.2f}x frames/s; serve RSS / weights "
+              f"{r['blipserve serve, bf16']['rss_mb'] / r['blipserve serve, bf16']['weights_mb']:.2f} (bf16)")
+        print(f"eager PyTorch bf16 / fp32:                            "
+              f"{fps['eager PyTorch, same algorithm, bf16'] / fps['eager PyTorch, same algorithm, fp32']:5.2f}x "
+              f"frames/s (what this CPU's bfloat16 matrix products give plain PyTorch)")
+    worst = max(report["others_cpu_share"] for _, report in rows)
     if worst > 0.05:
         print(f"warning: other processes took up to {worst:.0%} of the CPU during a measurement: the figures are skewed")
     print(f"make bench took {time.time() - started:.0f} s; reports and logs in {args.out}")

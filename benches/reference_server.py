@@ -8,7 +8,11 @@ POST /v1/detect takes what blipserve's does (multipart `image` and repeated `que
 or JSON {"image": base64, "questions": [...]}) and answers {"answers": [{"question", "answer"}]}.
 `/v1/detect?max_new_tokens=N` caps the answers at N tokens (generate's default limit is 19 after
 [DEC]; blip-vqa-base answers a yes/no question in 2, "yes" and [SEP], which a model with random
-weights never does). GET /health answers 200 once the model is loaded.
+weights never does); `batch=1` has one `generate` answer all of a frame's questions at once.
+`/v1/detect?eager=1` answers with blipserve's algorithm written in plain PyTorch: the vision model
+once per frame, the questions through the text encoder as one batch, one decoder step from [DEC],
+P(yes) of yes/no (what a skilled user would write without blipserve). `--dtype bfloat16` runs the
+model in bfloat16. GET /health answers 200 once the model is loaded.
 
 Only the standard library besides torch, transformers and Pillow (what the pinned environment
 has). torch uses every core (its default); requests are answered one at a time, each with all
@@ -71,38 +75,77 @@ def parse_detect(content_type: str, body: bytes) -> tuple[bytes, list[str]]:
     return image, questions
 
 
-def generate_limits(query: str) -> dict:
-    """`generate` keyword arguments from the URL's query: max_new_tokens, or none."""
-    values = urllib.parse.parse_qs(query).get("max_new_tokens")
-    if not values:
-        return {}
-    try:
-        return {"max_new_tokens": max(1, int(values[0]))}
-    except ValueError:
-        raise BadRequest(f"max_new_tokens {values[0]!r} is not a number")
+def options(query: str) -> dict:
+    """How to answer, from the URL's query: `generate`'s max_new_tokens, `batch`, `eager`."""
+    values = urllib.parse.parse_qs(query)
+    chosen = {"limits": {}, "batch": values.get("batch") == ["1"], "eager": values.get("eager") == ["1"]}
+    if "max_new_tokens" in values:
+        try:
+            chosen["limits"] = {"max_new_tokens": max(1, int(values["max_new_tokens"][0]))}
+        except ValueError:
+            raise BadRequest(f"max_new_tokens {values['max_new_tokens'][0]!r} is not a number")
+    return chosen
 
 
 class Reference:
-    def __init__(self, model_dir: str, overlap: bool):
+    def __init__(self, model_dir: str, overlap: bool, dtype: torch.dtype):
         self.processor = BlipProcessor.from_pretrained(model_dir)
-        self.model = BlipForQuestionAnswering.from_pretrained(model_dir).eval()
+        self.model = BlipForQuestionAnswering.from_pretrained(model_dir).to(dtype).eval()
+        self.dtype = dtype
         self.lock = None if overlap else threading.Lock()
+        tokens = self.processor.tokenizer.convert_tokens_to_ids(["yes", "no"])
+        self.yes, self.no = tokens
 
-    def answer(self, image_bytes: bytes, questions: list[str], limits: dict) -> list[dict]:
+    def answer(self, image_bytes: bytes, questions: list[str], how: dict) -> list[dict]:
         image = Image.open(io.BytesIO(image_bytes)).convert("RGB")
+        if how["eager"]:
+            return self.eager(image, questions)
+        if how["batch"]:
+            inputs = self.processor(images=[image] * len(questions), text=questions, padding=True, return_tensors="pt")
+            inputs["pixel_values"] = inputs["pixel_values"].to(self.dtype)
+            with torch.inference_mode():
+                output = self.model.generate(**inputs, **how["limits"])
+            texts = self.processor.batch_decode(output, skip_special_tokens=True)
+            return [{"question": q, "answer": a} for q, a in zip(questions, texts)]
         answers = []
         for question in questions:
             inputs = self.processor(images=image, text=question, return_tensors="pt")
-            with torch.no_grad():
-                output = self.model.generate(**inputs, **limits)
+            inputs["pixel_values"] = inputs["pixel_values"].to(self.dtype)
+            with torch.inference_mode():
+                output = self.model.generate(**inputs, **how["limits"])
             answers.append({"question": question, "answer": self.processor.decode(output[0], skip_special_tokens=True)})
         return answers
 
-    def answer_in_turn(self, image_bytes: bytes, questions: list[str], limits: dict) -> list[dict]:
+    def eager(self, image: Image.Image, questions: list[str]) -> list[dict]:
+        """blipserve's algorithm in plain PyTorch: vision once, questions batched, one decoder step.
+
+        transformers' decoder ignores the question mask (models/README.md, "Question padding"), so
+        a padded question's P(yes) here is not blipserve's; the work is the same."""
+        m = self.model
+        pixels = self.processor.image_processor(image, return_tensors="pt").pixel_values.to(self.dtype)
+        text = self.processor.tokenizer(questions, padding=True, return_tensors="pt")
+        n = len(questions)
+        with torch.inference_mode():
+            image_embeds = m.vision_model(pixel_values=pixels, return_dict=False)[0]
+            embeds = m.text_encoder(
+                input_ids=text.input_ids,
+                attention_mask=text.attention_mask,
+                encoder_hidden_states=image_embeds.expand(n, -1, -1),
+                return_dict=False,
+            )[0]
+            start = torch.full((n, 1), m.decoder_start_token_id, dtype=torch.long)
+            logits = m.text_decoder(
+                input_ids=start, encoder_hidden_states=embeds, encoder_attention_mask=text.attention_mask, return_dict=False
+            )[0][:, -1].float()
+        probs = logits.softmax(-1)
+        p_yes = probs[:, self.yes] / (probs[:, self.yes] + probs[:, self.no])
+        return [{"question": q, "answer": "yes" if p >= 0.5 else "no", "probability": float(p)} for q, p in zip(questions, p_yes)]
+
+    def answer_in_turn(self, image_bytes: bytes, questions: list[str], how: dict) -> list[dict]:
         if self.lock is None:
-            return self.answer(image_bytes, questions, limits)
+            return self.answer(image_bytes, questions, how)
         with self.lock:
-            return self.answer(image_bytes, questions, limits)
+            return self.answer(image_bytes, questions, how)
 
 
 def handler(reference: Reference):
@@ -132,9 +175,9 @@ def handler(reference: Reference):
                 return
             started = time.perf_counter()
             try:
-                limits = generate_limits(url.query)
+                how = options(url.query)
                 image, questions = parse_detect(self.headers.get("content-type", ""), body)
-                answers = reference.answer_in_turn(image, questions, limits)
+                answers = reference.answer_in_turn(image, questions, how)
             except BadRequest as e:
                 self.reply(400, {"error": str(e)})
                 return
@@ -156,13 +199,14 @@ def main(argv=None) -> int:
     p.add_argument("--port", type=int, default=8091)
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="torch intra-op threads [default: the cores]")
     p.add_argument("--overlap", action="store_true", help="let requests run at once instead of one at a time")
+    p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32", help="the model's precision")
     args = p.parse_args(argv)
     torch.set_num_threads(max(1, args.threads))
-    reference = Reference(args.model, args.overlap)
+    reference = Reference(args.model, args.overlap, getattr(torch, args.dtype))
     server = ThreadingHTTPServer((args.host, args.port), handler(reference))
     server.daemon_threads = True
     print(
-        f"reference: listening on http://{args.host}:{server.server_port} (transformers, torch {torch.__version__}, "
+        f"reference: listening on http://{args.host}:{server.server_port} (transformers, torch {torch.__version__}, {args.dtype}, "
         f"{torch.get_num_threads()} threads, {'overlapping' if args.overlap else 'one request at a time'})",
         file=sys.stderr,
         flush=True,
