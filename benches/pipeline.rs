@@ -53,5 +53,31 @@ fn pipeline(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, pipeline);
+/// Generated answers of 1 to 19 tokens for one frame's three questions, with the decoder's
+/// key/value cache and without it (the decoder re-run over each prefix): throughput in tokens,
+/// so a flat line across lengths means each new token costs the same.
+fn generate(c: &mut Criterion) {
+    let model = Model::load(&testkit::model_dir("tiny"), &LoadOptions::default()).expect("model");
+    let questions: Vec<Question> = QUESTIONS.iter().map(|q| model.tokenizer().encode(q).expect("question")).collect();
+    let jpeg = testkit::jpeg(&testkit::synthetic_frame(1280, 720, 2), 90, testkit::Subsamp::Sub2x2);
+    let pixels = model.preprocessor().pixels(&jpeg).expect("pixels");
+    let image_kv = stages::encode_images(&model, &[&pixels]).expect("image encoder");
+    let rows: Vec<(usize, &Question)> = questions.iter().map(|q| (0, q)).collect();
+    let encoded = stages::encode_questions(&model, &image_kv, &rows).expect("text encoder");
+    let mut group = c.benchmark_group("generate");
+    for tokens in [1, 5, 10, model.max_new_tokens()] {
+        for (name, cached) in [("cached", true), ("uncached", false)] {
+            let produced = stages::generate(&model, &encoded, tokens, cached).expect("generate");
+            // A random-weight model rarely stops early; count what it made.
+            let made: usize = produced.iter().map(|a| a.token_ids.len()).sum();
+            group.throughput(Throughput::Elements(made as u64));
+            group.bench_function(BenchmarkId::new(name, format!("{tokens} token(s)")), |b| {
+                b.iter(|| stages::generate(&model, black_box(&encoded), tokens, cached).expect("generate"))
+            });
+        }
+    }
+    group.finish();
+}
+
+criterion_group!(benches, pipeline, generate);
 criterion_main!(benches);

@@ -90,9 +90,10 @@ class TextEncoder(nn.Module):
         return hidden
 
 
-def cross_attend(attention, hidden, key, value):
-    """BlipTextAttention's cross-attention with its keys and values given: the same operations
-    as BlipTextSelfAttention.forward (absolute positions, no head mask, all-ones image mask)."""
+def cross_attend(attention, hidden, key, value, mask=None):
+    """BlipTextAttention with its keys and values given: the same operations as
+    BlipTextSelfAttention.forward (absolute positions, no head mask); `mask` is additive
+    (transformers' inverted mask), none for the all-ones image mask."""
     sa = attention.self
     batch = hidden.shape[0]
     heads, size = sa.num_attention_heads, sa.attention_head_size
@@ -100,6 +101,8 @@ def cross_attend(attention, hidden, key, value):
     key = key.view(batch, -1, heads, size).transpose(1, 2)
     value = value.view(batch, -1, heads, size).transpose(1, 2)
     scores = torch.matmul(query, key.transpose(-1, -2)) / math.sqrt(size)
+    if mask is not None:
+        scores = scores + mask
     probs = nn.functional.softmax(scores, dim=-1)
     context = torch.matmul(probs, value).permute(0, 2, 1, 3).contiguous()
     context = context.view(context.size()[:-2] + (sa.all_head_size,))
@@ -120,6 +123,66 @@ class TextDecoder(nn.Module):
             use_cache=False,
             return_dict=False,
         )[0]
+
+
+class TextDecoderStep(nn.Module):
+    """One decoding step with a key/value cache (dynamic exports): each row's new token attends to
+    the self-attention keys and values of the tokens before it (`past`) instead of the decoder
+    re-running over the whole prefix, so a step costs the same at the 19th token as at the first.
+
+    Inputs: input_ids [B, 1], position_ids [B, 1], past [B, 2 × layers, t, H] (t ≥ 0; layer i's
+    key at 2i, its value at 2i + 1), question_embeds [B, lq, H], question_attention_mask [B, lq].
+    Outputs: logits [B, vocab] (float32), past [B, 2 × layers, t + 1, H]. BLIP's own modules in
+    BlipTextLayer's order; `check_step_matches_decoder` compares it with the whole decoder.
+    """
+
+    def __init__(self, blip):
+        super().__init__()
+        self.text_decoder = blip.text_decoder
+
+    def forward(self, input_ids, position_ids, past, question_embeds, question_attention_mask):
+        bert = self.text_decoder.bert
+        hidden = bert.embeddings(input_ids=input_ids, position_ids=position_ids)
+        question_mask = bert.invert_attention_mask(question_attention_mask)
+        planes = []
+        for i, layer in enumerate(bert.encoder.layer):
+            sa = layer.attention.self
+            key = torch.cat([past[:, 2 * i], sa.key(hidden)], dim=1)
+            value = torch.cat([past[:, 2 * i + 1], sa.value(hidden)], dim=1)
+            planes += [key, value]
+            attended = cross_attend(layer.attention, hidden, key, value)
+            cross = layer.crossattention.self
+            attended = cross_attend(
+                layer.crossattention, attended, cross.key(question_embeds), cross.value(question_embeds), question_mask
+            )
+            hidden = layer.feed_forward_chunk(attended)
+        return self.text_decoder.cls(hidden)[:, -1], torch.stack(planes, dim=1)
+
+
+def check_step_matches_decoder(model) -> float:
+    """Steps through TextDecoderStep against the whole decoder on the same prefixes (float32,
+    before any cast): the logits at every position must agree."""
+    dtype, device = torch.float32, "cpu"
+    decoder, step = TextDecoder(model), TextDecoderStep(model)
+    g = torch.Generator().manual_seed(3)
+    hidden = model.config.text_config.hidden_size
+    embeds = torch.randn(2, 6, hidden, generator=g).to(device=device, dtype=dtype)
+    mask = torch.ones(2, 6, dtype=torch.long, device=device)
+    mask[1, -2:] = 0
+    ids = torch.randint(1000, 2000, (2, 5), generator=g).to(device)
+    planes = 2 * model.config.text_config.num_hidden_layers
+    past = torch.zeros(2, planes, 0, hidden, dtype=dtype, device=device)
+    worst = 0.0
+    with torch.no_grad():
+        full = decoder(ids, torch.ones_like(ids), embeds, mask).float()
+        for t in range(ids.shape[1]):
+            positions = torch.full((2, 1), t, dtype=torch.long, device=device)
+            logits, past = step(ids[:, t : t + 1], positions, past, embeds, mask)
+            worst = max(worst, (logits.float() - full[:, t]).abs().max().item())
+    if worst > 1e-4:
+        raise SystemExit(f"text_decoder_step differs from the whole decoder by {worst:.3g}")
+    log(f"decoder key/value cache: steps == whole decoder (max |diff| {worst:.2e})")
+    return worst
 
 
 # --------------------------------------------------------------------------------------------
@@ -397,7 +460,23 @@ def part_specs(config, args) -> dict:
             # The language-model head runs in float32 at every precision (see keep_float32).
             "outputs": [{"name": "logits", "dtype": "float32", "shape": [bq, td, vocab]}],
         },
-    }
+    } | ({} if fixed else {
+        # Generation with a key/value cache; fixed-shape exports re-run the decoder per token.
+        "text_decoder_step": {
+            "file": "text_decoder_step.pt",
+            "inputs": [
+                {"name": "input_ids", "dtype": "int64", "shape": [None, 1]},
+                {"name": "position_ids", "dtype": "int64", "shape": [None, 1]},
+                {"name": "past", "dtype": dt, "shape": [None, planes, None, ht]},
+                {"name": "question_embeds", "dtype": dt, "shape": [None, None, ht]},
+                {"name": "question_attention_mask", "dtype": "int64", "shape": [None, None]},
+            ],
+            "outputs": [
+                {"name": "logits", "dtype": "float32", "shape": [None, vocab]},
+                {"name": "past", "dtype": dt, "shape": [None, planes, None, ht]},
+            ],
+        },
+    })
 
 
 def concrete(shape, fallback):
@@ -417,6 +496,8 @@ def example_inputs(spec, dtype, device, seed, example_dims):
                     t[0, -2:] = 0  # a padded row, so the checks cover masking
             elif inp["name"] == "frame_index":
                 t = torch.arange(shape[0]) // 2  # two questions per frame
+            elif inp["name"] == "position_ids":
+                t = torch.full(shape, example_dims["past"][2], dtype=torch.long)  # after the past
             else:
                 t = torch.randint(1000, 2000, shape, generator=g)
         else:
@@ -443,6 +524,8 @@ def example_dims_for(spec_name, specs, b, lq, td):
         "question_embeds": [b, lq, None],
         "question_attention_mask": [b, lq],
     }
+    if spec_name == "text_decoder_step":
+        dims.update({"input_ids": [b, 1], "position_ids": [b, 1], "past": [b, None, td - 1, None]})
     return dims
 
 
@@ -476,9 +559,12 @@ def check_part(name, wrapper, traced, spec, args, specs, device, dtype):
         with torch.no_grad():
             want = wrapper(*inputs)
             got = traced(*inputs)
-        if got.shape != want.shape:
-            raise SystemExit(f"{name}: traced output shape {tuple(got.shape)} != eager {tuple(want.shape)}")
-        err = (got.float() - want.float()).abs().max().item()
+        wants, gots = (want, got) if isinstance(want, tuple) else ((want,), (got,))
+        err = 0.0
+        for want, got in zip(wants, gots):
+            if got.shape != want.shape:
+                raise SystemExit(f"{name}: traced output shape {tuple(got.shape)} != eager {tuple(want.shape)}")
+            err = max(err, (got.float() - want.float()).abs().max().item())
         tol = 1e-4 if dtype == torch.float32 else 5e-2
         if err > tol:
             raise SystemExit(f"{name}: traced output differs from eager by {err:.3g} (shape b={b} lq={lq} td={td})")
@@ -580,6 +666,9 @@ def main(argv=None) -> int:
         "text_encoder": TextEncoder(model),
         "text_decoder": TextDecoder(model),
     }
+    if "text_decoder_step" in specs:
+        check_step_matches_decoder(model)
+        parts["text_decoder_step"] = TextDecoderStep(model)
     for name, wrapper in parts.items():
         t0 = time.time()
         log(f"tracing {name} ({'fixed' if args.static else 'dynamic'} shapes, {args.target}, {args.dtype})")

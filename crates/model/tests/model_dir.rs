@@ -1,12 +1,20 @@
-//! Model directories that must be refused, each with a message that says what is wrong.
+//! Model directories that must be refused, each with a message that says what is wrong; and an
+//! older export, without the cached decoder step, that must still answer the same.
 
 use std::path::{Path, PathBuf};
 
 use blipserve_model::device::Device;
-use blipserve_model::model::{LoadError, LoadOptions, Model};
+use blipserve_model::model::{AnswerMode, FrameQuestions, LoadError, LoadOptions, Model};
 use blipserve_testkit::*;
 
-const FILES: [&str; 5] = ["manifest.json", "tokenizer.json", "image_encoder.pt", "text_encoder.pt", "text_decoder.pt"];
+const FILES: [&str; 6] = [
+    "manifest.json",
+    "tokenizer.json",
+    "image_encoder.pt",
+    "text_encoder.pt",
+    "text_decoder.pt",
+    "text_decoder_step.pt",
+];
 
 /// A private copy of the tiny model's runtime files.
 fn copy_of_tiny() -> (tempfile::TempDir, PathBuf) {
@@ -147,4 +155,30 @@ fn cuda_without_a_gpu() {
     let cuda = LoadOptions { device: Device::Cuda(0), ..LoadOptions::default() };
     let msg = message(Model::load(&dir, &cuda));
     assert!(msg.contains("cuda:0") && msg.contains("0 CUDA device"), "{msg}");
+}
+
+/// Generated token ids for three questions of different lengths about a synthetic frame.
+fn generated(model: &Model) -> Vec<Vec<i64>> {
+    let frame = jpeg(&synthetic_frame(640, 360, 4), 90, Subsamp::Sub2x2);
+    let pixels = model.preprocessor().pixels(&frame).unwrap();
+    let questions: Vec<_> = ["is the dog barking?", "is the cat asleep on the sofa by the window?", "what is this?"]
+        .iter()
+        .map(|q| model.tokenizer().encode(q).unwrap())
+        .collect();
+    let frames = [FrameQuestions { pixels: &pixels, questions: &questions }];
+    let mode = AnswerMode::Generate { max_new_tokens: model.max_new_tokens() };
+    model.answer(&frames, mode).unwrap().remove(0).into_iter().map(|a| a.token_ids).collect()
+}
+
+#[test]
+fn an_export_without_the_cached_decoder_step_generates_the_same_tokens() {
+    let (_tmp, dir) = copy_of_tiny();
+    let cached = generated(&load(&dir).unwrap());
+    edit_manifest(&dir, |m| {
+        m["parts"].as_object_mut().unwrap().remove("text_decoder_step");
+    });
+    std::fs::remove_file(dir.join("text_decoder_step.pt")).unwrap();
+    let uncached = generated(&load(&dir).unwrap());
+    assert!(cached.iter().all(|ids| ids.len() > 1), "answers of one token prove little: {cached:?}");
+    assert_eq!(cached, uncached, "the key/value cache changed the answers");
 }

@@ -45,6 +45,9 @@ pub struct Parts {
     pub image_encoder: PartSpec,
     pub text_encoder: PartSpec,
     pub text_decoder: PartSpec,
+    /// One decoder step with a key/value cache (dynamic exports; generate mode uses it).
+    #[serde(default)]
+    pub text_decoder_step: Option<PartSpec>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

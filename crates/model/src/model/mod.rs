@@ -83,6 +83,8 @@ pub struct Model {
     image_encoder: tch::CModule,
     text_encoder: tch::CModule,
     text_decoder: tch::CModule,
+    /// The cached decoder step and its cache's [planes, hidden] (dynamic exports).
+    text_decoder_step: Option<(tch::CModule, [i64; 2])>,
 }
 
 impl Model {
@@ -111,6 +113,21 @@ impl Model {
             }
             _ => parts()?,
         };
+        let text_decoder_step = match &manifest.parts.text_decoder_step {
+            Some(spec) if !manifest.static_shapes && opts.device != Device::Neuron => {
+                let past = spec.inputs.iter().find(|t| t.name == "past").map(|t| t.shape.clone()).unwrap_or_default();
+                let dims = match past.as_slice() {
+                    [_, Some(planes), _, Some(hidden)] => [*planes, *hidden],
+                    _ => {
+                        return Err(LoadError::Manifest(
+                            "text_decoder_step: past must be [B, planes, t, hidden]".into(),
+                        ))
+                    }
+                };
+                Some((part(&spec.file)?, dims))
+            }
+            _ => None,
+        };
         let tokenizer = QuestionTokenizer::load(dir, &manifest.tokens, manifest.max_question_len)?;
         let preprocessor = Preprocessor::new(&manifest.preprocess, opts.image_limits);
 
@@ -124,6 +141,7 @@ impl Model {
             image_encoder,
             text_encoder,
             text_decoder,
+            text_decoder_step,
         };
         if model.shapes.question_len.is_some() && !model.manifest.question_padding_masked {
             tracing::warn!(
@@ -203,7 +221,8 @@ fn check_files(dir: &Path) -> Result<(), LoadError> {
         // Part files are named by the manifest.
         let manifest = Manifest::read(dir)?;
         let p = &manifest.parts;
-        for file in [&p.image_encoder.file, &p.text_encoder.file, &p.text_decoder.file] {
+        let step = p.text_decoder_step.as_ref().map(|s| &s.file);
+        for file in [&p.image_encoder.file, &p.text_encoder.file, &p.text_decoder.file].into_iter().chain(step) {
             if !dir.join(file).is_file() {
                 missing.push(file.clone());
             }

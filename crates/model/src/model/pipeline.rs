@@ -100,7 +100,10 @@ impl Model {
             let encoded = self.encode_questions(&image_kv, &group)?;
             let group_answers = match mode {
                 AnswerMode::YesNo => self.yes_no(&encoded, group.len())?,
-                AnswerMode::Generate { max_new_tokens } => self.generate(&encoded, group.len(), max_new_tokens)?,
+                AnswerMode::Generate { max_new_tokens } => match &self.text_decoder_step {
+                    Some((step, dims)) => self.generate_cached(step, *dims, &encoded, group.len(), max_new_tokens)?,
+                    None => self.generate(&encoded, group.len(), max_new_tokens)?,
+                },
             };
             for ((frame, index, _), answer) in group.iter().zip(group_answers) {
                 answers[*frame][*index] = Some(answer);
@@ -265,8 +268,9 @@ impl Model {
             .collect())
     }
 
-    /// Greedy decoding without a key/value cache: each step re-runs the decoder over the prefix,
-    /// which keeps every part a pure function of fixed-shape inputs (what Neuron needs).
+    /// Greedy decoding without a key/value cache (fixed-shape exports, or one without the cached
+    /// step): each step re-runs the decoder over the prefix, which keeps every part a pure
+    /// function of fixed-shape inputs (what Neuron needs).
     fn generate(&self, encoded: &Encoded, real: usize, max_new_tokens: usize) -> Result<Vec<Answer>, InferenceError> {
         let t = self.manifest.tokens;
         let rows = encoded.embeds.size()[0] as usize;
@@ -309,8 +313,70 @@ impl Model {
                 }
             }
         }
-        Ok(seqs
-            .into_iter()
+        Ok(self.generated(seqs, real))
+    }
+
+    /// Greedy decoding with the key/value cache of dynamic exports: each step runs the decoder
+    /// on every unfinished row's newest token only, which attends to the cached keys and values
+    /// of the tokens before it, so a step costs the same at any length. `dims`: the cache's
+    /// planes (a key and a value per decoder layer) and hidden size.
+    fn generate_cached(
+        &self,
+        step: &tch::CModule,
+        [planes, hidden]: [i64; 2],
+        encoded: &Encoded,
+        real: usize,
+        max_new_tokens: usize,
+    ) -> Result<Vec<Answer>, InferenceError> {
+        let t = self.manifest.tokens;
+        let dev = self.tensor_device();
+        let mut seqs: Vec<Vec<i64>> = vec![vec![t.dec]; real];
+        // The rows still generating, and their cache, question embeddings and mask.
+        let mut rows: Vec<usize> = (0..real).collect();
+        let all = Tensor::from_slice(&(0..real as i64).collect::<Vec<_>>()).f_to_device(dev)?;
+        let (mut embeds, mut mask) = (encoded.embeds.f_index_select(0, &all)?, encoded.mask.f_index_select(0, &all)?);
+        let mut past = Tensor::f_zeros([real as i64, planes, 0, hidden], (self.kind, dev))?;
+        for position in 0..max_new_tokens {
+            if rows.is_empty() {
+                break;
+            }
+            let n = rows.len() as i64;
+            let newest: Vec<i64> = rows.iter().map(|&r| seqs[r].last().copied().unwrap_or(t.dec)).collect();
+            let ids = matrix(&newest, rows.len(), 1, dev)?;
+            let positions = Tensor::f_full([n, 1], position as i64, (Kind::Int64, dev))?;
+            let inputs = [ids, positions, past, embeds.shallow_clone(), mask.shallow_clone()].map(tch::IValue::Tensor);
+            let (logits, cache) = match step.forward_is(&inputs)? {
+                tch::IValue::Tuple(mut out) if out.len() == 2 => match (out.remove(0), out.remove(0)) {
+                    (tch::IValue::Tensor(logits), tch::IValue::Tensor(cache)) => (logits, cache),
+                    _ => return Err(InferenceError::Torch(tch::TchError::Kind("text_decoder_step's outputs".into()))),
+                },
+                _ => return Err(InferenceError::Torch(tch::TchError::Kind("text_decoder_step's outputs".into()))),
+            };
+            check_shape("text_decoder_step", &logits, &[n, self.shapes.vocab as i64])?;
+            let next: Vec<i64> = Vec::try_from(logits.f_argmax(-1, false)?.f_to_device(tch::Device::Cpu)?)?;
+            let mut unfinished = Vec::with_capacity(rows.len());
+            for (k, &r) in rows.iter().enumerate() {
+                seqs[r].push(next[k]);
+                if next[k] != t.sep {
+                    unfinished.push(k as i64);
+                }
+            }
+            past = cache;
+            if unfinished.len() < rows.len() {
+                let keep = Tensor::from_slice(&unfinished).f_to_device(dev)?;
+                past = past.f_index_select(0, &keep)?;
+                embeds = embeds.f_index_select(0, &keep)?;
+                mask = mask.f_index_select(0, &keep)?;
+                rows = unfinished.iter().map(|&k| rows[k as usize]).collect();
+            }
+        }
+        Ok(self.generated(seqs, real))
+    }
+
+    /// The answers of generated sequences ([DEC] first), each cut after its [SEP].
+    fn generated(&self, seqs: Vec<Vec<i64>>, real: usize) -> Vec<Answer> {
+        let t = self.manifest.tokens;
+        seqs.into_iter()
             .take(real)
             .map(|seq| {
                 let mut generated: Vec<i64> = seq[1..].to_vec();
@@ -325,7 +391,7 @@ impl Model {
                     token_ids: generated,
                 }
             })
-            .collect())
+            .collect()
     }
 }
 
@@ -385,5 +451,21 @@ pub mod stages {
         let _no_grad = tch::no_grad_guard();
         let rows = encoded.0.embeds.size()[0] as usize;
         model.decoder_step(&encoded.0, &vec![vec![model.manifest.tokens.dec]; rows])
+    }
+
+    /// Greedy generation of up to `max_new_tokens` for every question, with the key/value cache
+    /// when the model has one and `cached`, else re-running the decoder over each prefix.
+    pub fn generate(
+        model: &Model,
+        encoded: &EncodedQuestions,
+        max_new_tokens: usize,
+        cached: bool,
+    ) -> Result<Vec<super::Answer>, InferenceError> {
+        let _no_grad = tch::no_grad_guard();
+        let rows = encoded.0.embeds.size()[0] as usize;
+        match &model.text_decoder_step {
+            Some((step, dims)) if cached => model.generate_cached(step, *dims, &encoded.0, rows, max_new_tokens),
+            _ => model.generate(&encoded.0, rows, max_new_tokens),
+        }
     }
 }
