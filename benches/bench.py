@@ -8,7 +8,8 @@
 2. blipserve's algorithm written in eager PyTorch (vision once, questions batched, one decoder
    step), float32 and bfloat16, served the same way: the strongest fair Python baseline.
 3. `blipserve serve` on the same weights, with its defaults, under the same load; its resident
-   memory against the traced parts' bytes.
+   memory against the traced parts' bytes; and once ready with 1 and with 2 replicas, what an
+   extra CPU replica costs.
 4. `blipserve throughput`: the same frames in-process, no HTTP, in batches the size of the
    server's mean batch, to show what the server layer costs.
 3 and 4 again on the bfloat16 export of the same weights, when it exists.
@@ -252,6 +253,23 @@ def blipserve_rows(args, model: str, precision: str, frames: list[Path]) -> list
     return [(f"blipserve serve, {precision}", served), (f"blipserve in-process, {precision}", inproc)]
 
 
+def replica_memory(args, model: str) -> dict:
+    """Resident memory of `blipserve serve` once ready, with 1 and with 2 replicas (one thread
+    each): what an extra CPU replica costs."""
+    ready = {}
+    for replicas in (1, 2):
+        command = [args.blipserve, "serve", "--model", model, "--port", str(port := free_port()),
+                   "--replicas", str(replicas), "--threads", "1"]
+        server = Server(f"blipserve-{replicas}-replicas", command, port, "/ready",
+                        args.out / f"blipserve-{replicas}-replicas.log")
+        try:
+            time.sleep(1)
+            ready[replicas] = rss_mb(server.proc.pid)
+        finally:
+            server.stop()
+    return ready
+
+
 def main(argv=None) -> int:
     repo = Path(__file__).resolve().parent.parent
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -274,6 +292,7 @@ def main(argv=None) -> int:
 
     rows = reference_rows(args, repo, frames)
     rows += blipserve_rows(args, args.model, "fp32", frames)
+    replicas = replica_memory(args, args.model)
     bf16 = Path(args.bf16_model).joinpath("manifest.json").is_file()
     if bf16:
         rows += blipserve_rows(args, args.bf16_model, "bf16", frames)
@@ -319,6 +338,10 @@ def main(argv=None) -> int:
           f"(target >= {SERVER_SHARE_TARGET}: {'met' if ok_share else 'MISSED'})")
     print(f"blipserve serve RSS / weights:                        "
           f"{r['blipserve serve, fp32']['rss_mb'] / r['blipserve serve, fp32']['weights_mb']:5.2f} (fp32)")
+    extra = replicas[2] - replicas[1]
+    print(f"blipserve serve RSS when ready, 1 / 2 replicas:        {replicas[1]:.0f} / {replicas[2]:.0f} MB: "
+          f"an extra CPU replica adds {extra:.0f} MB, {extra / r['blipserve serve, fp32']['weights_mb']:.1%} of the "
+          f"weights (one shared copy)")
     if bf16:
         print(f"blipserve bf16 / fp32 in-process:                     "
               f"{fps['blipserve in-process, bf16'] / inproc:5.2f}x frames/s; serve RSS / weights "

@@ -154,8 +154,8 @@ impl Otel {
         }
     }
 
-    /// The HTTP middleware that opens the server span of a traced route; `None` when tracing is
-    /// off (no layer at all).
+    /// `routes` with the middleware that opens a traced route's server span; unchanged (no layer
+    /// at all) when tracing is off.
     pub fn layer<S: Clone + Send + Sync + 'static>(&self, routes: axum::Router<S>) -> axum::Router<S> {
         if !self.is_on() {
             return routes;
