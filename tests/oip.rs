@@ -35,8 +35,7 @@ fn detect(server: &Server, image: &[u8]) -> (Vec<f64>, Vec<String>) {
 fn tritonclient(server: &Server, image: &[u8]) -> Value {
     let dir = tempfile::tempdir().unwrap();
     let path = write(dir.path(), "frame.jpg", image);
-    let tools = repo().join(".venv-tools/bin/python");
-    assert!(tools.exists(), "{} is missing: run `make python`", tools.display());
+    let tools = tools_python();
     let out = Command::new(tools)
         .arg(repo().join("tests/clients/oip_http.py"))
         .arg(server.base.trim_start_matches("http://"))
@@ -70,7 +69,7 @@ fn check_tritonclient_grpc(name: &str, server: &Server, image: &[u8]) {
     let addr = server.grpc_addr();
     let dir = tempfile::tempdir().unwrap();
     let path = write(dir.path(), "frame.jpg", image);
-    let out = Command::new(repo().join(".venv-tools/bin/python"))
+    let out = Command::new(tools_python())
         .arg(repo().join("tests/clients/oip_grpc.py"))
         .arg(addr)
         .arg("tiny")

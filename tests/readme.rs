@@ -39,8 +39,7 @@ fn python_examples() -> Vec<String> {
 fn readme_python_examples_work() {
     let examples = python_examples();
     assert!(!examples.is_empty(), "the README shows a tritonclient example");
-    let tools = repo().join(".venv-tools/bin/python");
-    assert!(tools.exists(), "{} is missing: run `make python`", tools.display());
+    let tools = tools_python();
     let server = Server::start(BIN, "tiny", &[]);
     for example in examples {
         let code = example.replace("127.0.0.1:8080", server.base.trim_start_matches("http://"));

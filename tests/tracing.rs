@@ -144,8 +144,7 @@ fn check_trace(
 fn tritonclient_grpc(server: &Server, image: &[u8], traceparent: &str) {
     let dir = tempfile::tempdir().unwrap();
     let path = write(dir.path(), "frame.jpg", image);
-    let tools = repo().join(".venv-tools/bin/python");
-    assert!(tools.exists(), "{} is missing: run `make python`", tools.display());
+    let tools = tools_python();
     let out = Command::new(tools)
         .arg(repo().join("tests/clients/oip_grpc.py"))
         .arg(server.grpc_addr())

@@ -5,7 +5,7 @@
 use std::io::Write;
 use std::process::{Command, Stdio};
 
-use crate::paths::{repo, write};
+use crate::paths::{tools_python, write};
 
 /// Fails the test unless `promtool check metrics` accepts `text` (a /metrics body).
 pub fn promtool_check(text: &str) {
@@ -28,8 +28,7 @@ pub fn promtool_check(text: &str) {
 
 /// Fails the test unless `openapi_spec_validator` accepts `spec` (an /openapi.json body).
 pub fn openapi_validate(spec: &[u8]) {
-    let tools = repo().join(".venv-tools/bin/python");
-    assert!(tools.exists(), "{} is missing: run `make python` for the OpenAPI validator", tools.display());
+    let tools = tools_python();
     let dir = tempfile::tempdir().expect("tempdir");
     let path = write(dir.path(), "openapi.json", spec);
     let out =

@@ -30,7 +30,7 @@ pub use checks::{openapi_validate, promtool_check};
 pub use forms::detect_form;
 pub use frames::{grey_jpeg, grey_png, jpeg, png, png_claiming, rgb_png, rgba_png, synthetic_frame, Frame, Subsamp};
 pub use otlp::{OtlpReceiver, ReceivedSpan};
-pub use paths::{blipserve_exe, model_dir, op_fixtures, python, repo, run_python, write};
+pub use paths::{blipserve_exe, model_dir, op_fixtures, python, repo, run_python, tools_python, write};
 pub use poll::{eventually, eventually_every};
 pub use redis::Redis;
 pub use server::{client, faulty_worker, gateway, Server};

@@ -27,6 +27,13 @@ pub fn python() -> PathBuf {
     python
 }
 
+/// The tools environment's Python (`make python`: tritonclient, the OpenAPI validator).
+pub fn tools_python() -> PathBuf {
+    let tools = repo().join(".venv-tools").join("bin").join("python");
+    assert!(tools.exists(), "{} is missing: run `make python`", tools.display());
+    tools
+}
+
 /// Runs a script of models/ with the pinned Python, in the workspace root, and parses its JSON
 /// output.
 pub fn run_python(args: &[&OsStr]) -> serde_json::Value {
