@@ -63,12 +63,20 @@ pub(super) struct Shared {
 /// others wait for it; they warm up in turn, so that their largest batches' activations are not
 /// all held at once.
 #[derive(Default)]
-pub(super) struct SharedWeights(Mutex<Option<Arc<Model>>>, Mutex<()>);
+pub(super) struct SharedWeights {
+    model: Mutex<Option<Arc<Model>>>,
+    warming: Mutex<()>,
+}
 
 impl SharedWeights {
+    /// Held while a replica warms up.
+    fn warm_up_turn(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.warming.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     fn get_or_load(&self, load: impl FnOnce() -> Result<Model, LoadError>) -> Result<Arc<Model>, LoadError> {
         // A replica that panicked while loading leaves nothing behind: the next one loads.
-        let mut loaded = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut loaded = self.model.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(model) = loaded.as_ref() {
             return Ok(model.clone());
         }
@@ -116,10 +124,9 @@ pub(super) fn spawn(
             let load = config.load.placed(config.slots[id]);
             let loaded = catch_unwind(AssertUnwindSafe(|| {
                 let (model, _turn) = match config.slots[id].device {
-                    Device::Cpu => (
-                        weights.get_or_load(|| Model::load(&config.model_dir, &load))?,
-                        Some(weights.1.lock().unwrap_or_else(|p| p.into_inner())),
-                    ),
+                    Device::Cpu => {
+                        (weights.get_or_load(|| Model::load(&config.model_dir, &load))?, Some(weights.warm_up_turn()))
+                    }
                     _ => (Arc::new(Model::load(&config.model_dir, &load)?), None),
                 };
                 // Every replica warms up: its own threads, and the shapes it will run.

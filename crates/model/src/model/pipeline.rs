@@ -333,8 +333,8 @@ impl Model {
         let mut seqs: Vec<Vec<i64>> = vec![vec![t.dec]; real];
         // The rows still generating, and their cache, question embeddings and mask.
         let mut rows: Vec<usize> = (0..real).collect();
-        let all = Tensor::from_slice(&(0..real as i64).collect::<Vec<_>>()).f_to_device(dev)?;
-        let (mut embeds, mut mask) = (encoded.embeds.f_index_select(0, &all)?, encoded.mask.f_index_select(0, &all)?);
+        let (mut embeds, mut mask) =
+            (encoded.embeds.f_narrow(0, 0, real as i64)?, encoded.mask.f_narrow(0, 0, real as i64)?);
         let mut past = Tensor::f_zeros([real as i64, planes, 0, hidden], (self.kind, dev))?;
         for position in 0..max_new_tokens {
             if rows.is_empty() {
@@ -345,13 +345,9 @@ impl Model {
             let ids = matrix(&newest, rows.len(), 1, dev)?;
             let positions = Tensor::f_full([n, 1], position as i64, (Kind::Int64, dev))?;
             let inputs = [ids, positions, past, embeds.shallow_clone(), mask.shallow_clone()].map(tch::IValue::Tensor);
-            let (logits, cache) = match step.forward_is(&inputs)? {
-                tch::IValue::Tuple(mut out) if out.len() == 2 => match (out.remove(0), out.remove(0)) {
-                    (tch::IValue::Tensor(logits), tch::IValue::Tensor(cache)) => (logits, cache),
-                    _ => return Err(InferenceError::Torch(tch::TchError::Kind("text_decoder_step's outputs".into()))),
-                },
-                _ => return Err(InferenceError::Torch(tch::TchError::Kind("text_decoder_step's outputs".into()))),
-            };
+            let (logits, cache) = two_tensors(step.forward_is(&inputs)?).ok_or_else(|| {
+                InferenceError::Torch(tch::TchError::Kind("text_decoder_step must return (logits, past)".into()))
+            })?;
             check_shape("text_decoder_step", &logits, &[n, self.shapes.vocab as i64])?;
             let next: Vec<i64> = Vec::try_from(logits.f_argmax(-1, false)?.f_to_device(tch::Device::Cpu)?)?;
             let mut unfinished = Vec::with_capacity(rows.len());
@@ -406,6 +402,17 @@ struct Encoded {
 
 fn matrix(data: &[i64], rows: usize, cols: usize, device: tch::Device) -> Result<Tensor, InferenceError> {
     Ok(Tensor::from_slice(data).f_view([rows as i64, cols as i64])?.f_to_device(device)?)
+}
+
+/// The two tensors of a `(Tensor, Tensor)` tuple.
+fn two_tensors(value: tch::IValue) -> Option<(Tensor, Tensor)> {
+    match value {
+        tch::IValue::Tuple(items) => match <[tch::IValue; 2]>::try_from(items) {
+            Ok([tch::IValue::Tensor(a), tch::IValue::Tensor(b)]) => Some((a, b)),
+            _ => None,
+        },
+        _ => None,
+    }
 }
 
 fn check_shape(part: &'static str, t: &Tensor, expected: &[i64]) -> Result<(), InferenceError> {
