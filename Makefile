@@ -4,7 +4,8 @@
 #   make sweep  the capacity sweep on the tiny model: chart, CSV and JSON in target/sweep
 #   make soak   30 minutes of two tiers at 70 % of capacity, sampled: CSV and chart in target/soak
 #   make overload  70 %, 3× and 70 % of capacity through the gateway: statuses and accounting
-#   make bench  blipserve against transformers and eager PyTorch on the base-size random model, fp32 and bf16 (5 minutes)
+#   make bench  blipserve against transformers and eager PyTorch on the base-size random model, fp32, bf16 and int8 (8 minutes)
+#   make fidelity  each precision's answers against transformers float32 on real photographs, base size (10 minutes)
 #   make docs   regenerate the settings reference in docs/configuration.md
 SHELL := /bin/bash
 .DEFAULT_GOAL := run
@@ -14,6 +15,7 @@ PYTHON      := $(abspath $(VENV))/bin/python
 TINY        := models/tiny
 TINY_STATIC := models/tiny-static
 TINY_BF16   := models/tiny-bf16
+TINY_INT8   := models/tiny-int8
 SAMPLE      := models/sample-frame.jpg
 
 # tch builds against the torch of the pinned Python environment (no separate libtorch).
@@ -27,7 +29,7 @@ export BLIPSERVE_PYTHON := $(PYTHON)
 CARGO_TEST := $(shell command -v cargo-nextest >/dev/null 2>&1 && echo "cargo nextest run" || echo "cargo test")
 TEST_ARGS := $(shell command -v cargo-nextest >/dev/null 2>&1 || echo "-- --test-threads=1")
 
-.PHONY: setup system-deps python build models run ask gateway-latency sweep bench test lint deploy-lint docs clean-models
+.PHONY: setup system-deps python build models run ask gateway-latency sweep bench fidelity test lint deploy-lint docs clean-models
 
 setup: system-deps python
 
@@ -56,16 +58,22 @@ $(TINY_STATIC)/manifest.json: models/export.py models/blip_common.py | python
 $(TINY_BF16)/manifest.json: models/export.py models/blip_common.py | python
 	cd models && $(PYTHON) export.py tiny $(notdir $(TINY_BF16)) --dtype bfloat16
 
+$(TINY_INT8)/manifest.json: models/export.py models/blip_common.py | python
+	cd models && $(PYTHON) export.py tiny $(notdir $(TINY_INT8)) --quantize int8
+
 models/base-random/manifest.json: models/export.py models/blip_common.py | python
 	cd models && $(PYTHON) export.py base-random base-random
 
 models/base-random-bf16/manifest.json: models/export.py models/blip_common.py | python
 	cd models && $(PYTHON) export.py base-random base-random-bf16 --dtype bfloat16
 
+models/base-random-int8/manifest.json: models/export.py models/blip_common.py | python
+	cd models && $(PYTHON) export.py base-random base-random-int8 --quantize int8
+
 $(SAMPLE): models/sample_frame.py | python
 	$(PYTHON) models/sample_frame.py $@
 
-models: $(TINY)/manifest.json $(TINY_STATIC)/manifest.json $(TINY_BF16)/manifest.json $(SAMPLE)
+models: $(TINY)/manifest.json $(TINY_STATIC)/manifest.json $(TINY_BF16)/manifest.json $(TINY_INT8)/manifest.json $(SAMPLE)
 
 PORT ?= 8080
 
@@ -148,8 +156,13 @@ docs: build
 
 # The same frames and questions through a plain transformers server and through blipserve, then
 # in-process: frames/s, p50, p99 and the ratios (benches/bench.py; README "Benchmarks").
-bench: build models/base-random/manifest.json models/base-random-bf16/manifest.json
+bench: build models/base-random/manifest.json models/base-random-bf16/manifest.json models/base-random-int8/manifest.json
 	$(PYTHON) benches/bench.py
 
+# What each precision costs in answers: blipserve's float32, bfloat16 and int8 exports against
+# transformers float32 on real photographs (benches/fidelity.py; docs/correctness.md).
+fidelity: build models/base-random/manifest.json models/base-random-bf16/manifest.json models/base-random-int8/manifest.json $(SAMPLE)
+	$(PYTHON) benches/fidelity.py
+
 clean-models:
-	rm -rf $(TINY) $(TINY_STATIC) $(TINY_BF16) $(SAMPLE)
+	rm -rf $(TINY) $(TINY_STATIC) $(TINY_BF16) $(TINY_INT8) $(SAMPLE)

@@ -27,10 +27,13 @@ PRESETS = {
 }
 
 
-# Weight-init std per preset (transformers' default is 0.02). The tiny model uses a wider one so
-# its answers depend clearly on image and question: a parity test on a model whose logits are
-# all nearly equal would hardly notice a wrong mask.
-PRESET_INIT_RANGE = {"tiny": 0.2}
+# Weight-init std per preset. The tiny model uses a wide one so its answers depend clearly on
+# image and question: a parity test on a model whose logits are all nearly equal would hardly
+# notice a wrong mask. base-random takes 0.02 for both towers, what BLIP's text config already
+# uses: the vision config's own default (1e-10) leaves image embeddings that are layer norms of
+# ~1e-8 noise, and vision weights of 1e-10, which no reduced precision could be judged on (int8
+# scales alone would round them to zero).
+PRESET_INIT_RANGE = {"tiny": 0.2, "base-random": 0.02}
 
 
 def vocab_package_dir() -> Path:

@@ -90,6 +90,14 @@ class TextEncoder(nn.Module):
         return hidden
 
 
+def drop_text_encoder_image_projections(model) -> None:
+    """The image encoder computes the text encoder's cross-attention keys and values (it holds
+    their projections); the text encoder never runs them, so its saved module leaves them out."""
+    for layer in model.text_encoder.encoder.layer:
+        layer.crossattention.self.key = None
+        layer.crossattention.self.value = None
+
+
 def cross_attend(attention, hidden, key, value, mask=None):
     """BlipTextAttention with its keys and values given: the same operations as
     BlipTextSelfAttention.forward (absolute positions, no head mask); `mask` is additive
@@ -110,6 +118,18 @@ def cross_attend(attention, hidden, key, value, mask=None):
 
 
 class TextDecoder(nn.Module):
+    """BLIP's text decoder over the encoded questions: `forward` runs it over whole decoder
+    sequences; `step` (dynamic exports) is one decoding step with a key/value cache, so a step
+    costs the same at the 19th token as at the first. Both are methods of one TorchScript module,
+    so the decoder's weights are saved and loaded once.
+
+    step inputs: input_ids [B, 1], position_ids [B, 1], past [B, 2 × layers, t, H] (t ≥ 0; layer
+    i's self-attention key at 2i, its value at 2i + 1), question_embeds [B, lq, H],
+    question_attention_mask [B, lq]. Outputs: logits [B, vocab] (float32), past
+    [B, 2 × layers, t + 1, H]. BLIP's own modules in BlipTextLayer's order;
+    `check_step_matches_decoder` compares it with `forward`.
+    """
+
     def __init__(self, blip):
         super().__init__()
         self.text_decoder = blip.text_decoder
@@ -124,23 +144,7 @@ class TextDecoder(nn.Module):
             return_dict=False,
         )[0]
 
-
-class TextDecoderStep(nn.Module):
-    """One decoding step with a key/value cache (dynamic exports): each row's new token attends to
-    the self-attention keys and values of the tokens before it (`past`) instead of the decoder
-    re-running over the whole prefix, so a step costs the same at the 19th token as at the first.
-
-    Inputs: input_ids [B, 1], position_ids [B, 1], past [B, 2 × layers, t, H] (t ≥ 0; layer i's
-    key at 2i, its value at 2i + 1), question_embeds [B, lq, H], question_attention_mask [B, lq].
-    Outputs: logits [B, vocab] (float32), past [B, 2 × layers, t + 1, H]. BLIP's own modules in
-    BlipTextLayer's order; `check_step_matches_decoder` compares it with the whole decoder.
-    """
-
-    def __init__(self, blip):
-        super().__init__()
-        self.text_decoder = blip.text_decoder
-
-    def forward(self, input_ids, position_ids, past, question_embeds, question_attention_mask):
+    def step(self, input_ids, position_ids, past, question_embeds, question_attention_mask):
         bert = self.text_decoder.bert
         hidden = bert.embeddings(input_ids=input_ids, position_ids=position_ids)
         question_mask = bert.invert_attention_mask(question_attention_mask)
@@ -160,10 +164,10 @@ class TextDecoderStep(nn.Module):
 
 
 def check_step_matches_decoder(model) -> float:
-    """Steps through TextDecoderStep against the whole decoder on the same prefixes (float32,
+    """Steps through TextDecoder.step against the whole decoder on the same prefixes (float32,
     before any cast): the logits at every position must agree."""
     dtype, device = torch.float32, "cpu"
-    decoder, step = TextDecoder(model), TextDecoderStep(model)
+    decoder = TextDecoder(model)
     g = torch.Generator().manual_seed(3)
     hidden = model.config.text_config.hidden_size
     embeds = torch.randn(2, 6, hidden, generator=g).to(device=device, dtype=dtype)
@@ -177,7 +181,7 @@ def check_step_matches_decoder(model) -> float:
         full = decoder(ids, torch.ones_like(ids), embeds, mask).float()
         for t in range(ids.shape[1]):
             positions = torch.full((2, 1), t, dtype=torch.long, device=device)
-            logits, past = step(ids[:, t : t + 1], positions, past, embeds, mask)
+            logits, past = decoder.step(ids[:, t : t + 1], positions, past, embeds, mask)
             worst = max(worst, (logits.float() - full[:, t]).abs().max().item())
     if worst > 1e-4:
         raise SystemExit(f"text_decoder_step differs from the whole decoder by {worst:.3g}")
@@ -230,6 +234,44 @@ def keep_float32(model) -> dict:
     head.predictions.decoder.weight = nn.Parameter(head.predictions.decoder.weight.detach().clone())
     model.text_decoder.cls = Float32Island(head, keep_float32_output=True)
     return {"float32_modules": {"layer_norms": norms, "lm_head": True}}
+
+
+# --------------------------------------------------------------------------------------------
+# int8 weights
+#
+# CPUs without AMX multiply bfloat16 no faster than float32 (oneDNN's AVX-512 BF16 kernels run
+# a 577 x 768 x 3072 product in ~22 ms where float32 takes ~12 ms here), but VNNI multiplies int8
+# four times as wide as float32 FMA. `--quantize int8` stores every linear layer's weights as
+# int8 (one scale per output channel) and quantises its input on the fly, one scale per tensor
+# per call: torch's dynamic quantisation, which TorchScript and libtorch run as they are. The
+# language-model head stays float32 (its logits are the answer, as in `keep_float32`); layer
+# norms, softmax and the attention products were never linear layers and stay float32 too.
+# --------------------------------------------------------------------------------------------
+
+
+def quantize_linear_layers(model) -> dict:
+    """Swaps every nn.Linear outside the language-model head for torch's dynamically quantised
+    int8 linear, in place; returns what the manifest records."""
+    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+
+    names = [
+        name
+        for name, module in model.named_modules()
+        if isinstance(module, nn.Linear) and not name.startswith("text_decoder.cls")
+    ]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # torch.ao's notice of its move to torchao
+        quantize_dynamic(model, {name: per_channel_dynamic_qconfig for name in names}, dtype=torch.qint8, inplace=True)
+    log(f"int8 weights: {len(names)} linear layers quantised (per output channel), the head kept float32")
+    return {
+        "quantization": {
+            "weights": "int8",
+            "granularity": "per output channel",
+            "activations": "int8, dynamic, one scale per tensor",
+            "linear_layers": len(names),
+            "float32_modules": ["lm_head", "layer_norms", "embeddings", "attention products"],
+        }
+    }
 
 
 # --------------------------------------------------------------------------------------------
@@ -462,8 +504,10 @@ def part_specs(config, args) -> dict:
         },
     } | ({} if fixed else {
         # Generation with a key/value cache; fixed-shape exports re-run the decoder per token.
+        # A second method of the decoder's module, which holds the weights once.
         "text_decoder_step": {
-            "file": "text_decoder_step.pt",
+            "file": "text_decoder.pt",
+            "method": "step",
             "inputs": [
                 {"name": "input_ids", "dtype": "int64", "shape": [None, 1]},
                 {"name": "position_ids", "dtype": "int64", "shape": [None, 1]},
@@ -534,17 +578,23 @@ def example_dims_for(spec_name, specs, b, lq, td):
 # --------------------------------------------------------------------------------------------
 
 
-def trace_part(name, wrapper, spec, args, specs, device, dtype):
+def trace_part(name, wrapper, methods, args, specs, device, dtype):
+    """Traces `wrapper`'s methods (method name -> the spec it implements) into one module."""
     if args.target == "neuron":
-        return trace_neuron(name, wrapper, spec, args, specs, dtype)
+        return trace_neuron(name, wrapper, specs[name], args, specs, dtype)
     bi, bq, lq, td = trace_shapes(args)
-    trace_dims = example_dims_for(name, specs, b=bi if name == "image_encoder" else bq, lq=lq, td=td)
-    inputs = example_inputs(spec, dtype, device, seed=1, example_dims=trace_dims)
+    b = bi if name == "image_encoder" else bq
+    inputs = {
+        method: example_inputs(specs[spec], dtype, device, seed=1, example_dims=example_dims_for(spec, specs, b, lq, td))
+        for method, spec in methods.items()
+    }
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        traced = torch.jit.trace(wrapper, inputs, check_trace=False)
-    traced = torch.jit.freeze(traced) if args.freeze else traced
-    check_part(name, wrapper, traced, spec, args, specs, device, dtype)
+        traced = torch.jit.trace_module(wrapper, inputs, check_trace=False)
+    if args.freeze:
+        traced = torch.jit.freeze(traced, preserved_attrs=[m for m in methods if m != "forward"])
+    for method, spec in methods.items():
+        check_part(spec, getattr(wrapper, method), getattr(traced, method), specs[spec], args, specs, device, dtype)
     return traced
 
 
@@ -608,6 +658,9 @@ def parse_args(argv=None):
     p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32",
                    help="dtype of the traced parts (cpu: float32 or bfloat16; cuda: any; neuron: see "
                         "--neuron-auto-cast); layer norms and the language-model head stay float32")
+    p.add_argument("--quantize", choices=["none", "int8"], default="none",
+                   help="int8: linear layers with int8 weights and dynamically quantised inputs (cpu, float32); "
+                        "the language-model head stays float32")
     p.add_argument("--static", action="store_true",
                    help="fixed shapes for every part (what Neuron requires); default: dynamic")
     p.add_argument("--image-batch", type=int, default=1, help="fixed image-encoder batch (with --static)")
@@ -630,6 +683,8 @@ def parse_args(argv=None):
         p.error("Neuron artifacts have fixed shapes: add --static")
     if args.target == "cpu" and args.dtype == "float16":
         p.error("cpu exports are float32 or bfloat16 (CPUs have no fast float16 matrix multiplication)")
+    if args.quantize == "int8" and (args.target != "cpu" or args.dtype != "float32"):
+        p.error("--quantize int8 applies to cpu float32 exports")
     if args.freeze and args.target == "neuron":
         p.error("--freeze applies to cpu/cuda exports")
     return args
@@ -661,20 +716,27 @@ def main(argv=None) -> int:
     attention = fuse_vision_attention(model, args)
     islands = keep_float32(model) if dtype != torch.float32 else {}
     specs = part_specs(model.config, args)
+    if "text_decoder_step" in specs:
+        check_step_matches_decoder(model)
+    # After the float32 checks, before the wrappers take their modules.
+    quantization = quantize_linear_layers(model) if args.quantize == "int8" else {}
     parts = {
         "image_encoder": ImageEncoder(model),
         "text_encoder": TextEncoder(model),
         "text_decoder": TextDecoder(model),
     }
-    if "text_decoder_step" in specs:
-        check_step_matches_decoder(model)
-        parts["text_decoder_step"] = TextDecoderStep(model)
+    drop_text_encoder_image_projections(model)
     for name, wrapper in parts.items():
         t0 = time.time()
-        log(f"tracing {name} ({'fixed' if args.static else 'dynamic'} shapes, {args.target}, {args.dtype})")
+        # Each part's spec is its module's forward; the cached decoder step is the decoder's `step`.
+        methods = {"forward": name}
+        if name == "text_decoder" and "text_decoder_step" in specs:
+            methods["step"] = "text_decoder_step"
+        log(f"tracing {name} ({', '.join(methods)}; {'fixed' if args.static else 'dynamic'} shapes, {args.target}, "
+            f"{args.dtype})")
         wrapper = wrapper.to(device=device, dtype=dtype).eval()
         with torch.no_grad():
-            traced = trace_part(name, wrapper, specs[name], args, specs, device, dtype)
+            traced = trace_part(name, wrapper, methods, args, specs, device, dtype)
         torch.jit.save(traced, str(out / specs[name]["file"]))
         log(f"  {name}: saved in {time.time() - t0:.1f}s")
 
@@ -682,6 +744,7 @@ def main(argv=None) -> int:
     manifest.update(padding)
     manifest.update(attention)
     manifest.update(islands)
+    manifest.update(quantization)
     if args.target == "neuron":
         # One replica per NeuronCore: blipserve binds each replica's modules through this helper.
         common.save_neuron_placement(out / common.NEURON_PLACEMENT_FILE)

@@ -392,8 +392,28 @@ fn metrics_pass_promtool_and_openapi_passes_a_validator() {
     assert!(docs.headers()["content-type"].to_str().unwrap().starts_with("text/html"));
     let info: Value = client().get(server.url("/v1/info")).send().unwrap().json().unwrap();
     assert_eq!(info["model"]["id"], "tiny");
+    assert_eq!((&info["model"]["dtype"], &info["model"]["precision"]), (&json!("float32"), &json!("float32")));
+    assert!(info["model"].get("quantization").is_none(), "{info}");
     assert_eq!(info["device"], "cpu");
     assert!(info["replicas"].as_u64().unwrap() >= 1);
+}
+
+/// An int8 export serves like any other and says what it is.
+#[test]
+fn an_int8_export_answers_and_info_says_int8() {
+    let server = Server::start(BIN, "tiny-int8", &[]);
+    let info: Value = client().get(server.url("/v1/info")).send().unwrap().json().unwrap();
+    assert_eq!((&info["model"]["dtype"], &info["model"]["precision"]), (&json!("float32"), &json!("int8")));
+    assert_eq!(info["model"]["quantization"]["weights"], "int8", "{info}");
+    let resp = client()
+        .post(server.url("/v1/detect"))
+        .multipart(detect_form(&frame_jpeg(7), &["is the dog barking?"], &[]))
+        .send()
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let body: Value = resp.json().unwrap();
+    let p = body["answers"][0]["probability"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&p), "{body}");
 }
 
 #[test]

@@ -55,7 +55,15 @@ pub struct ModelInfo {
     pub source: serde_json::Value,
     /// cpu, cuda or neuron: what the parts were exported for.
     pub target: String,
+    /// The dtype of the tensors between the parts.
     pub dtype: String,
+    /// What the matrix multiplications run in: the dtype, or `int8` for an export whose linear
+    /// layers hold int8 weights (see `quantization`).
+    pub precision: String,
+    /// int8 exports: how the linear layers were quantised, as the manifest records it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub quantization: Option<serde_json::Value>,
     pub static_shapes: bool,
     pub torch: String,
     pub transformers: String,

@@ -50,6 +50,10 @@ const ASKED_FRAMES: usize = 5;
 const MAX_LENGTH: usize = 20;
 /// The most a bfloat16 answer's P(yes) may differ from transformers' float32 one.
 const BF16_MAX_DP: f64 = 0.02;
+/// The same for int8 weights with dynamically quantised inputs. The tiny model's layers are 32
+/// wide, where one scale per tensor costs more than at the real model's 768 (measured: max 0.045,
+/// 14 % of first generated tokens differ; `make fidelity` has the base-size figures).
+const INT8_MAX_DP: f64 = 0.08;
 
 /// The frames, written where the Python reference can read them.
 struct Frames {
@@ -202,7 +206,7 @@ fn compare(model_name: &str) -> Comparison {
     let fx = written_frames();
     let model = Model::load(&model_dir(model_name), &LoadOptions::default()).expect("load model");
     // A mismatch is a failure in float32, and expected (counted, not listed) in reduced precision.
-    let list_mismatches = model.manifest().dtype == "float32";
+    let list_mismatches = model.manifest().precision() == "float32";
     let reference = reference_answers()["answers"].as_array().expect("answers");
     assert_eq!(reference.len(), ASKED_FRAMES * QUESTIONS.len());
 
@@ -296,4 +300,18 @@ fn bfloat16_answers_stay_close_to_transformers_float32() {
     assert!(c.max_dp <= BF16_MAX_DP, "|dP(yes)| {} past {BF16_MAX_DP}", c.max_dp);
     assert!(c.flips * 10 <= c.compared, "{} of {} yes/no answers flipped", c.flips, c.compared);
     assert!(c.first_token_mismatches * 10 <= c.compared, "{} first tokens differ", c.first_token_mismatches);
+}
+
+/// int8 linear layers (the language-model head float32) against transformers in float32 on the
+/// same weights, within bounds (tiny random model; docs/correctness.md has the base-size figures).
+#[test]
+fn int8_answers_stay_close_to_transformers_float32() {
+    let model = Model::load(&model_dir("tiny-int8"), &LoadOptions::default()).expect("load");
+    assert_eq!((model.manifest().dtype.as_str(), model.manifest().precision()), ("float32", "int8"));
+    drop(model);
+    let c = compare("tiny-int8");
+    assert!(c.max_dp > 0.0, "int8 answers equal float32's exactly: is the export quantised?");
+    assert!(c.max_dp <= INT8_MAX_DP, "|dP(yes)| {} past {INT8_MAX_DP}", c.max_dp);
+    assert!(c.flips * 10 <= c.compared, "{} of {} yes/no answers flipped", c.flips, c.compared);
+    assert!(c.first_token_mismatches * 4 <= c.compared, "{} first tokens differ", c.first_token_mismatches);
 }

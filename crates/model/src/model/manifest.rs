@@ -38,6 +38,10 @@ pub struct Manifest {
     /// Neuron exports: the TorchScript helper that binds modules to a chosen NeuronCore.
     #[serde(default)]
     pub neuron_placement: Option<String>,
+    /// int8 exports: how the linear layers were quantised (weights, activations, what stayed
+    /// float32), as the export describes it.
+    #[serde(default)]
+    pub quantization: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -53,6 +57,10 @@ pub struct Parts {
 #[derive(Debug, Clone, Deserialize)]
 pub struct PartSpec {
     pub file: String,
+    /// The module's method that implements the part (`forward` when absent): the cached decoder
+    /// step is the decoder module's `step`, so the decoder's weights load once.
+    #[serde(default)]
+    pub method: Option<String>,
     pub inputs: Vec<TensorSpec>,
     pub outputs: Vec<TensorSpec>,
 }
@@ -112,6 +120,15 @@ pub struct Shapes {
 }
 
 impl Manifest {
+    /// What the weights' arithmetic runs in: `int8` for quantised exports (their tensors are
+    /// float32 between layers), otherwise the parts' dtype.
+    pub fn precision(&self) -> &str {
+        match &self.quantization {
+            Some(q) => q.get("weights").and_then(|w| w.as_str()).unwrap_or("quantized"),
+            None => &self.dtype,
+        }
+    }
+
     pub fn read(dir: &Path) -> Result<Manifest, LoadError> {
         let path = dir.join(MANIFEST_FILE);
         let text = std::fs::read_to_string(&path)

@@ -83,8 +83,15 @@ pub struct Model {
     image_encoder: tch::CModule,
     text_encoder: tch::CModule,
     text_decoder: tch::CModule,
-    /// The cached decoder step and its cache's [planes, hidden] (dynamic exports).
-    text_decoder_step: Option<(tch::CModule, [i64; 2])>,
+    /// The cached decoder step (dynamic exports).
+    text_decoder_step: Option<DecoderStep>,
+}
+
+/// The cached decoder step: a method of the text decoder's module, which holds the weights once.
+struct DecoderStep {
+    method: String,
+    /// The cache's planes (a key and a value per decoder layer) and hidden size.
+    dims: [i64; 2],
 }
 
 impl Model {
@@ -124,7 +131,17 @@ impl Model {
                         ))
                     }
                 };
-                Some((part(&spec.file)?, dims))
+                let method = match &spec.method {
+                    Some(method) if spec.file == manifest.parts.text_decoder.file => method.clone(),
+                    _ => {
+                        return Err(LoadError::Manifest(
+                            "text_decoder_step must be a method of text_decoder's module (an export before \
+                             the decoder held it saved the weights twice): re-export with models/export.py"
+                                .into(),
+                        ))
+                    }
+                };
+                Some(DecoderStep { method, dims })
             }
             _ => None,
         };

@@ -17,7 +17,7 @@ use tch::{Kind, Tensor};
 
 use super::preprocess::Pixels;
 use super::tokenize::{Question, QuestionError};
-use super::Model;
+use super::{DecoderStep, Model};
 
 /// How a question is answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -101,7 +101,7 @@ impl Model {
             let group_answers = match mode {
                 AnswerMode::YesNo => self.yes_no(&encoded, group.len())?,
                 AnswerMode::Generate { max_new_tokens } => match &self.text_decoder_step {
-                    Some((step, dims)) => self.generate_cached(step, *dims, &encoded, group.len(), max_new_tokens)?,
+                    Some(step) => self.generate_cached(step, &encoded, group.len(), max_new_tokens)?,
                     None => self.generate(&encoded, group.len(), max_new_tokens)?,
                 },
             };
@@ -318,18 +318,17 @@ impl Model {
 
     /// Greedy decoding with the key/value cache of dynamic exports: each step runs the decoder
     /// on every unfinished row's newest token only, which attends to the cached keys and values
-    /// of the tokens before it, so a step costs the same at any length. `dims`: the cache's
-    /// planes (a key and a value per decoder layer) and hidden size.
+    /// of the tokens before it, so a step costs the same at any length.
     fn generate_cached(
         &self,
-        step: &tch::CModule,
-        [planes, hidden]: [i64; 2],
+        step: &DecoderStep,
         encoded: &Encoded,
         real: usize,
         max_new_tokens: usize,
     ) -> Result<Vec<Answer>, InferenceError> {
         let t = self.manifest.tokens;
         let dev = self.tensor_device();
+        let [planes, hidden] = step.dims;
         let mut seqs: Vec<Vec<i64>> = vec![vec![t.dec]; real];
         // The rows still generating, and their cache, question embeddings and mask.
         let mut rows: Vec<usize> = (0..real).collect();
@@ -345,9 +344,10 @@ impl Model {
             let ids = matrix(&newest, rows.len(), 1, dev)?;
             let positions = Tensor::f_full([n, 1], position as i64, (Kind::Int64, dev))?;
             let inputs = [ids, positions, past, embeds.shallow_clone(), mask.shallow_clone()].map(tch::IValue::Tensor);
-            let (logits, cache) = two_tensors(step.forward_is(&inputs)?).ok_or_else(|| {
-                InferenceError::Torch(tch::TchError::Kind("text_decoder_step must return (logits, past)".into()))
-            })?;
+            let (logits, cache) =
+                two_tensors(self.text_decoder.method_is(&step.method, &inputs)?).ok_or_else(|| {
+                    InferenceError::Torch(tch::TchError::Kind("text_decoder_step must return (logits, past)".into()))
+                })?;
             check_shape("text_decoder_step", &logits, &[n, self.shapes.vocab as i64])?;
             let next: Vec<i64> = Vec::try_from(logits.f_argmax(-1, false)?.f_to_device(tch::Device::Cpu)?)?;
             let mut unfinished = Vec::with_capacity(rows.len());
@@ -471,7 +471,7 @@ pub mod stages {
         let _no_grad = tch::no_grad_guard();
         let rows = encoded.0.embeds.size()[0] as usize;
         match &model.text_decoder_step {
-            Some((step, dims)) if cached => model.generate_cached(step, *dims, &encoded.0, rows, max_new_tokens),
+            Some(step) if cached => model.generate_cached(step, &encoded.0, rows, max_new_tokens),
             _ => model.generate(&encoded.0, rows, max_new_tokens),
         }
     }

@@ -282,6 +282,8 @@ fn describe(
             source: manifest.source.clone(),
             target: manifest.target.clone(),
             dtype: manifest.dtype.clone(),
+            precision: manifest.precision().to_string(),
+            quantization: manifest.quantization.clone(),
             static_shapes: manifest.static_shapes,
             torch: manifest.torch_version.clone(),
             transformers: manifest.transformers_version.clone(),
