@@ -1,23 +1,28 @@
 """`make bench`: blipserve against the best Python can do, on the base-size random model.
 
-    python benches/bench.py [--model models/base-random] [--bf16-model models/base-random-bf16] ...
+    python benches/bench.py [--model models/base-random] [--bf16-model models/base-random-bf16]
+                            [--int8-model models/base-random-int8] ...
 
 1. transformers `generate` with a frame's questions batched, answers cut at 2 new tokens (what
    blip-vqa-base needs for "yes" + [SEP]; a random-weight model would otherwise run all 19),
    served by benches/reference_server.py under `blipserve loadtest`.
 2. blipserve's algorithm written in eager PyTorch (vision once, questions batched, one decoder
-   step), float32 and bfloat16, served the same way: the strongest fair Python baseline.
+   step), float32, bfloat16 and int8 (torch's dynamic quantisation of the same linear layers),
+   served the same way: the strongest fair Python baseline at each precision.
 3. `blipserve serve` on the same weights, with its defaults, under the same load; its resident
    memory against the traced parts' bytes; and once ready with 1 and with 2 replicas, what an
    extra CPU replica costs.
 4. `blipserve throughput`: the same frames in-process, no HTTP, in batches the size of the
-   server's mean batch, to show what the server layer costs.
-3 and 4 again on the bfloat16 export of the same weights, when it exists.
+   server's mean batch, to show what the server layer costs: every precision in turn, five
+   rounds, each figure the median of its rounds and ratios between precisions taken round by
+   round (a shared machine's speed drifts).
+3 and 4 again on the bfloat16 and int8 exports of the same weights, when they exist.
 
 The same frames (synthetic 1920x1080 JPEGs, written here) and the same three questions go to
 every server at the same concurrency. Prints frames/s, p50, p99 and resident memory of each, the
 ratios, and whether the targets hold (blipserve serve >= 3x row 1; the server >= 0.95x
-in-process); exits 1 when one does not. Other processes competing for the CPU skew every figure:
+in-process at every precision; the fastest reduced precision in-process >= 1.6x float32
+in-process and >= 2x eager PyTorch float32); exits 1 when one does not. Other processes competing for the CPU skew every figure:
 each phase reports how much of the machine they took.
 """
 
@@ -29,6 +34,7 @@ import os
 import re
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import time
@@ -40,6 +46,10 @@ from PIL import Image, ImageDraw, ImageFilter
 QUESTIONS = ["is the dog barking?", "is the dog chewing the furniture?", "is the pet on the sofa?"]
 SPEED_UP_TARGET = 3.0
 SERVER_SHARE_TARGET = 0.95
+REDUCED_OVER_FP32_TARGET = 1.6
+REDUCED_OVER_EAGER_TARGET = 2.0
+# blipserve's precisions, the flag naming each export and the eager baseline's --dtype.
+PRECISIONS = [("fp32", "model", "float32"), ("bf16", "bf16_model", "bfloat16"), ("int8", "int8_model", "int8")]
 
 
 def log(msg: str) -> None:
@@ -190,20 +200,36 @@ def rss_mb(pid: int) -> float:
     return kb / 1024
 
 
+def cuda_libraries_mb(pid: int) -> float:
+    """Resident pages of CUDA libraries a CUDA build of torch maps even on CPU (PyPI's torch is
+    one; the cpu image ships the CPU-only build, without them)."""
+    total, cuda = 0, False
+    with open(f"/proc/{pid}/smaps") as f:
+        for line in f:
+            fields = line.split()
+            if "-" in fields[0] and len(fields) >= 5:  # a mapping's header line
+                path = fields[5] if len(fields) > 5 else ""
+                cuda = "/nvidia/" in path or "_cuda" in path or "libcud" in path
+            elif fields[0] == "Rss:" and cuda:
+                total += int(fields[1])
+    return total / 1024
+
+
 def weights_mb(model: Path) -> float:
     """The traced parts' bytes (their weights, at the precision they were exported in)."""
     return sum(p.stat().st_size for p in model.glob("*.pt")) / 2**20
 
 
-def reference_rows(args, repo: Path, frames: list[Path]) -> list[tuple[str, dict]]:
-    """transformers' `generate` (batched, 2 tokens) and blipserve's algorithm in eager PyTorch,
-    float32 and bfloat16: each a reference server under the same load test."""
+def reference_rows(args, repo: Path, frames: list[Path], precisions: list[str]) -> list[tuple[str, dict]]:
+    """transformers' `generate` (batched, 2 tokens) and blipserve's algorithm in eager PyTorch at
+    each precision blipserve is measured in: each a reference server under the same load test."""
     rows = []
-    for dtype, phases in [
-        ("float32", [("transformers generate, batched, 2 tokens", "?max_new_tokens=2&batch=1"),
-                     ("eager PyTorch, same algorithm, fp32", "?eager=1")]),
-        ("bfloat16", [("eager PyTorch, same algorithm, bf16", "?eager=1")]),
-    ]:
+    for precision, _, dtype in PRECISIONS:
+        if precision not in precisions:
+            continue
+        phases = [(f"eager PyTorch, same algorithm, {precision}", "?eager=1")]
+        if precision == "fp32":
+            phases.insert(0, ("transformers generate, batched, 2 tokens", "?max_new_tokens=2&batch=1"))
         port = free_port()
         command = [args.python, str(repo / "benches/reference_server.py"), "--model", args.model, "--port", str(port),
                    "--dtype", dtype]
@@ -219,9 +245,9 @@ def reference_rows(args, repo: Path, frames: list[Path]) -> list[tuple[str, dict
     return rows
 
 
-def blipserve_rows(args, model: str, precision: str, frames: list[Path]) -> list[tuple[str, dict]]:
-    """`blipserve serve` under the load test, then `blipserve throughput` in-process in batches
-    of the server's mean batch with one replica's threads."""
+def served_row(args, model: str, precision: str, frames: list[Path]) -> tuple[dict, list[str]]:
+    """`blipserve serve` under the load test; and the `blipserve throughput` command that answers
+    the same frames in-process, in batches of the server's mean batch with one replica's threads."""
     # blipserve's defaults; only the request deadline is raised, so that a machine slowed down by
     # something else shows in the figures rather than as 504s.
     command = [args.blipserve, "serve", "--model", model, "--port", str(port := free_port()),
@@ -230,27 +256,48 @@ def blipserve_rows(args, model: str, precision: str, frames: list[Path]) -> list
     try:
         served = load_test(args, server, frames, args.requests, args.out / f"blipserve-{precision}.json")
         served["rss_mb"] = rss_mb(server.proc.pid)
+        served["cuda_libraries_mb"] = cuda_libraries_mb(server.proc.pid)
         info = json.loads(server.get("/v1/info"))
     finally:
         server.stop()
     served["weights_mb"] = weights_mb(Path(model))
     batch = max(1, round(served["mean_batch_frames"]))
     threads = info["threads_per_replica"]
-    out = args.out / f"in-process-{precision}.json"
-    command = [args.blipserve, "throughput", "--model", model, "--frames", str(args.requests),
-               "--batch-frames", str(batch), "--threads", str(threads), "--json", str(out)]
+    inproc = [args.blipserve, "throughput", "--model", model, "--frames", str(args.in_process_frames),
+              "--batch-frames", str(batch), "--threads", str(threads)]
     for f in frames:
-        command += ["--image", str(f)]
+        inproc += ["--image", str(f)]
     for q in QUESTIONS:
-        command += ["--question", q]
-    share = CpuShare()
-    cpu0, t0 = children_cpu_s(), time.time()
-    inproc = run(command, out)
-    inproc["others_cpu_share"] = share.others(children_cpu_s() - cpu0, time.time() - t0)
-    served["setup"] = (f"{' '.join(command[2:4])}: {info['replicas']} replica x {threads} threads, max batch "
+        inproc += ["--question", q]
+    served["setup"] = (f"--model {model}: {info['replicas']} replica x {threads} threads, max batch "
                        f"{info['batching']['max_batch_frames']} frames (mean batch {served['mean_batch_frames']:.2f}); "
                        f"in-process: --batch-frames {batch} --threads {threads}")
-    return [(f"blipserve serve, {precision}", served), (f"blipserve in-process, {precision}", inproc)]
+    return served, inproc
+
+
+def in_process_rounds(args, commands: dict[str, list[str]]) -> dict[str, list[dict]]:
+    """Each precision's `blipserve throughput` in turn, `--rounds` times (fp32, bf16, int8, fp32,
+    ...): a shared machine's speed drifts over minutes, so a precision's figure is the median of
+    its rounds and a ratio between precisions is taken round by round."""
+    runs: dict[str, list[dict]] = {precision: [] for precision in commands}
+    for n in range(args.rounds):
+        for precision, command in commands.items():
+            out = args.out / f"in-process-{precision}-{n}.json"
+            share = CpuShare()
+            cpu0, t0 = children_cpu_s(), time.time()
+            report = run([*command, "--json", str(out)], out)
+            report["others_cpu_share"] = share.others(children_cpu_s() - cpu0, time.time() - t0)
+            runs[precision].append(report)
+    return runs
+
+
+def median_row(reports: list[dict]) -> dict:
+    return {
+        "frames": sum(r["frames"] for r in reports),
+        "throughput_per_s": statistics.median(r["throughput_per_s"] for r in reports),
+        "others_cpu_share": max(r["others_cpu_share"] for r in reports),
+        "rounds": [round(r["throughput_per_s"], 3) for r in reports],
+    }
 
 
 def replica_memory(args, model: str) -> dict:
@@ -265,6 +312,7 @@ def replica_memory(args, model: str) -> dict:
         try:
             time.sleep(1)
             ready[replicas] = rss_mb(server.proc.pid)
+            ready["cuda"] = cuda_libraries_mb(server.proc.pid)
         finally:
             server.stop()
     return ready
@@ -276,12 +324,16 @@ def main(argv=None) -> int:
     p.add_argument("--model", default=str(repo / "models/base-random"))
     p.add_argument("--bf16-model", default=str(repo / "models/base-random-bf16"),
                    help="the same weights exported in bfloat16 (skipped when absent)")
+    p.add_argument("--int8-model", default=str(repo / "models/base-random-int8"),
+                   help="the same weights exported with int8 linear layers (skipped when absent)")
     p.add_argument("--blipserve", default=str(repo / "target/release/blipserve"))
     p.add_argument("--python", default=sys.executable, help="Python of the pinned environment")
     p.add_argument("--out", type=Path, default=repo / "target/bench", help="frames, reports and logs")
     p.add_argument("--concurrency", type=int, default=2, help="clients of each load test")
     p.add_argument("--reference-requests", type=int, default=8, help="frames measured on each Python baseline")
-    p.add_argument("--requests", type=int, default=32, help="frames measured on blipserve and in-process")
+    p.add_argument("--requests", type=int, default=32, help="frames measured on each blipserve server")
+    p.add_argument("--in-process-frames", type=int, default=12, help="frames of each in-process round")
+    p.add_argument("--rounds", type=int, default=5, help="in-process rounds of every precision, in turn")
     p.add_argument("--max-phase-s", type=float, default=180, help="longest a load test may run")
     p.add_argument("--serve-arg", action="append", default=[], help="extra `blipserve serve` flag (repeatable)")
     args = p.parse_args(argv)
@@ -290,14 +342,23 @@ def main(argv=None) -> int:
     log(f"{os.cpu_count()} cores; load average before: {os.getloadavg()[0]:.2f}")
     frames = write_frames(args.out / "frames", 4)
 
-    rows = reference_rows(args, repo, frames)
-    rows += blipserve_rows(args, args.model, "fp32", frames)
+    models = {}
+    for precision, flag, _ in PRECISIONS:
+        model = getattr(args, flag)
+        if Path(model).joinpath("manifest.json").is_file():
+            models[precision] = model
+        elif precision == "fp32":
+            raise SystemExit(f"no {model}: make {model}/manifest.json")
+        else:
+            log(f"no {model}: the {precision} rows are skipped (make {model}/manifest.json)")
+    rows = reference_rows(args, repo, frames, list(models))
+    commands = {}
+    for precision, model in models.items():
+        served, commands[precision] = served_row(args, model, precision, frames)
+        rows.append((f"blipserve serve, {precision}", served))
+    runs = in_process_rounds(args, commands)
+    rows += [(f"blipserve in-process, {precision}", median_row(reports)) for precision, reports in runs.items()]
     replicas = replica_memory(args, args.model)
-    bf16 = Path(args.bf16_model).joinpath("manifest.json").is_file()
-    if bf16:
-        rows += blipserve_rows(args, args.bf16_model, "bf16", frames)
-    else:
-        log(f"no {args.bf16_model}: the bf16 rows are skipped (make {args.bf16_model}/manifest.json)")
     r = dict(rows)
     fps = {name: report["throughput_per_s"] for name, report in rows}
 
@@ -309,9 +370,8 @@ def main(argv=None) -> int:
           f"= cores, one request at a time: generate with the frame's questions batched, cut at 2 new tokens "
           f"(blip-vqa-base's yes/no answer: 'yes' + [SEP]); and blipserve's algorithm in eager PyTorch (vision once, "
           f"questions batched, one decoder step)")
-    print(f"  blipserve fp32: {r['blipserve serve, fp32']['setup']}")
-    if bf16:
-        print(f"  blipserve bf16: {r['blipserve serve, bf16']['setup']}")
+    for precision in models:
+        print(f"  blipserve {precision}: {r[f'blipserve serve, {precision}']['setup']}")
     print()
     print(f"| {'':42} | {'frames':>6} | {'frames/s':>8} | {'p50 ms':>7} | {'p99 ms':>7} | {'RSS MB':>7} | "
           f"{'weights MB':>10} | {'CPU taken by others':>19} |")
@@ -324,36 +384,68 @@ def main(argv=None) -> int:
         weights = f"{report['weights_mb']:.0f}" if "weights_mb" in report else "-"
         print(f"| {name:42} | {n:>6} | {report['throughput_per_s']:>8.3f} | {p50:>7} | {p99:>7} | {rss:>7} | "
               f"{weights:>10} | {report['others_cpu_share']:>19.0%} |")
+    rounds = "; ".join(f"{p} {r[f'blipserve in-process, {p}']['rounds']}" for p in models)
+    print(f"in-process frames/s per round: {rounds}")
     print()
-    served, inproc = fps["blipserve serve, fp32"], fps["blipserve in-process, fp32"]
-    speed_up = served / fps["transformers generate, batched, 2 tokens"]
-    over_eager = inproc / fps["eager PyTorch, same algorithm, fp32"]
-    server_share = served / inproc
-    ok_speed = speed_up >= SPEED_UP_TARGET
-    ok_share = server_share >= SERVER_SHARE_TARGET
-    print(f"blipserve serve / transformers generate (2 tokens):  {speed_up:5.2f}x frames/s "
-          f"(target >= {SPEED_UP_TARGET}x: {'met' if ok_speed else 'MISSED'})")
-    print(f"blipserve in-process / eager PyTorch, same algorithm: {over_eager:5.2f}x frames/s (fp32 both)")
-    print(f"blipserve serve / in-process:                         {server_share:5.3f} "
-          f"(target >= {SERVER_SHARE_TARGET}: {'met' if ok_share else 'MISSED'})")
-    print(f"blipserve serve RSS / weights:                        "
-          f"{r['blipserve serve, fp32']['rss_mb'] / r['blipserve serve, fp32']['weights_mb']:5.2f} (fp32)")
-    extra = replicas[2] - replicas[1]
-    print(f"blipserve serve RSS when ready, 1 / 2 replicas:        {replicas[1]:.0f} / {replicas[2]:.0f} MB: "
-          f"an extra CPU replica adds {extra:.0f} MB, {extra / r['blipserve serve, fp32']['weights_mb']:.1%} of the "
-          f"weights (one shared copy)")
-    if bf16:
-        print(f"blipserve bf16 / fp32 in-process:                     "
-              f"{fps['blipserve in-process, bf16'] / inproc:5.2f}x frames/s; serve RSS / weights "
-              f"{r['blipserve serve, bf16']['rss_mb'] / r['blipserve serve, bf16']['weights_mb']:.2f} (bf16)")
-        print(f"eager PyTorch bf16 / fp32:                            "
-              f"{fps['eager PyTorch, same algorithm, bf16'] / fps['eager PyTorch, same algorithm, fp32']:5.2f}x "
-              f"frames/s (what this CPU's bfloat16 matrix products give plain PyTorch)")
+    inproc = fps["blipserve in-process, fp32"]
+    eager = fps["eager PyTorch, same algorithm, fp32"]
+    checks = []
+
+    def ratio(label: str, value: float, note: str, target: float | None = None) -> None:
+        verdict = ""
+        if target is not None:
+            checks.append(value >= target)
+            verdict = f" (target >= {target}: {'met' if value >= target else 'MISSED'})"
+        print(f"{label + ':':<54}{value:6.2f}x {note}{verdict}")
+
+    ratio("blipserve serve / transformers generate (2 tokens)",
+          fps["blipserve serve, fp32"] / fps["transformers generate, batched, 2 tokens"], "frames/s, fp32",
+          SPEED_UP_TARGET)
+    ratio("blipserve in-process / eager PyTorch, same algorithm", inproc / eager, "frames/s (fp32 both)")
+    for precision in models:
+        ratio(f"blipserve serve / in-process, {precision}",
+              fps[f"blipserve serve, {precision}"] / fps[f"blipserve in-process, {precision}"], "frames/s",
+              SERVER_SHARE_TARGET)
+    for precision in models:
+        served = r[f"blipserve serve, {precision}"]
+        cuda = served["cuda_libraries_mb"]
+        ratio(f"blipserve serve RSS / weights, {precision}", served["rss_mb"] / served["weights_mb"],
+              f"({served['rss_mb']:.0f} MB / {served['weights_mb']:.0f} MB; without the {cuda:.0f} MB of CUDA "
+              f"libraries: {(served['rss_mb'] - cuda) / served['weights_mb']:.2f}x)")
+    extra, weights = replicas[2] - replicas[1], r["blipserve serve, fp32"]["weights_mb"]
+    ratio("blipserve serve RSS when ready / weights, fp32", replicas[1] / weights,
+          f"({replicas[1]:.0f} MB; without the {replicas['cuda']:.0f} MB of CUDA libraries: "
+          f"{(replicas[1] - replicas['cuda']) / weights:.2f}x)")
+    print(f"{'blipserve serve RSS when ready, 1 / 2 replicas:':<54}{replicas[1]:.0f} / {replicas[2]:.0f} MB: an extra "
+          f"CPU replica adds {extra:.0f} MB, {extra / r['blipserve serve, fp32']['weights_mb']:.1%} of the weights "
+          f"(fp32; one shared copy)")
+    def paired(precision: str) -> float:
+        """Median over rounds of precision's frames/s over fp32's in the same round."""
+        return statistics.median(a["throughput_per_s"] / b["throughput_per_s"] for a, b in zip(runs[precision], runs["fp32"]))
+
+    reduced = [p for p in models if p != "fp32"]
+    for precision in reduced:
+        mine = fps[f"blipserve in-process, {precision}"]
+        ratio(f"blipserve {precision} / fp32, in-process", paired(precision), "frames/s (median of per-round ratios)")
+        ratio(f"blipserve {precision} / fp32, serve", fps[f"blipserve serve, {precision}"] / fps["blipserve serve, fp32"],
+              "frames/s")
+        ratio(f"blipserve {precision} in-process / eager PyTorch fp32", mine / eager, "frames/s")
+        ratio(f"blipserve {precision} in-process / eager PyTorch {precision}",
+              mine / fps[f"eager PyTorch, same algorithm, {precision}"], "frames/s (the same precision both)")
+        ratio(f"eager PyTorch {precision} / fp32", fps[f"eager PyTorch, same algorithm, {precision}"] / eager,
+              "frames/s (what this CPU gives plain PyTorch in that precision)")
+    if reduced:
+        best = max(reduced, key=lambda p: fps[f"blipserve in-process, {p}"])
+        mine = fps[f"blipserve in-process, {best}"]
+        print(f"fastest reduced precision here: {best}")
+        ratio(f"blipserve {best} / fp32, in-process", paired(best), "frames/s (median of per-round ratios)",
+              REDUCED_OVER_FP32_TARGET)
+        ratio(f"blipserve {best} in-process / eager PyTorch fp32", mine / eager, "frames/s", REDUCED_OVER_EAGER_TARGET)
     worst = max(report["others_cpu_share"] for _, report in rows)
     if worst > 0.05:
         print(f"warning: other processes took up to {worst:.0%} of the CPU during a measurement: the figures are skewed")
     print(f"make bench took {time.time() - started:.0f} s; reports and logs in {args.out}")
-    return 0 if ok_speed and ok_share else 1
+    return 0 if all(checks) else 1
 
 
 def ref_versions(python: str) -> str:

@@ -12,7 +12,9 @@ weights never does); `batch=1` has one `generate` answer all of a frame's questi
 `/v1/detect?eager=1` answers with blipserve's algorithm written in plain PyTorch: the vision model
 once per frame, the questions through the text encoder as one batch, one decoder step from [DEC],
 P(yes) of yes/no (what a skilled user would write without blipserve). `--dtype bfloat16` runs the
-model in bfloat16. GET /health answers 200 once the model is loaded.
+model in bfloat16; `--dtype int8` swaps its linear layers but the language-model head for torch's
+dynamically quantised int8 ones, as `models/export.py --quantize int8` does. GET /health answers
+200 once the model is loaded.
 
 Only the standard library besides torch, transformers and Pillow (what the pinned environment
 has). torch uses every core (its default); requests are answered one at a time, each with all
@@ -87,11 +89,21 @@ def options(query: str) -> dict:
     return chosen
 
 
+def quantize_int8(model: BlipForQuestionAnswering) -> None:
+    """Every linear layer outside the language-model head as torch's dynamic int8 linear."""
+    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+
+    names = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and not n.startswith("text_decoder.cls")]
+    quantize_dynamic(model, {n: per_channel_dynamic_qconfig for n in names}, dtype=torch.qint8, inplace=True)
+
+
 class Reference:
-    def __init__(self, model_dir: str, overlap: bool, dtype: torch.dtype):
+    def __init__(self, model_dir: str, overlap: bool, precision: str):
         self.processor = BlipProcessor.from_pretrained(model_dir)
-        self.model = BlipForQuestionAnswering.from_pretrained(model_dir).to(dtype).eval()
-        self.dtype = dtype
+        self.dtype = torch.bfloat16 if precision == "bfloat16" else torch.float32
+        self.model = BlipForQuestionAnswering.from_pretrained(model_dir).to(self.dtype).eval()
+        if precision == "int8":
+            quantize_int8(self.model)
         self.lock = None if overlap else threading.Lock()
         tokens = self.processor.tokenizer.convert_tokens_to_ids(["yes", "no"])
         self.yes, self.no = tokens
@@ -199,10 +211,10 @@ def main(argv=None) -> int:
     p.add_argument("--port", type=int, default=8091)
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="torch intra-op threads [default: the cores]")
     p.add_argument("--overlap", action="store_true", help="let requests run at once instead of one at a time")
-    p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32", help="the model's precision")
+    p.add_argument("--dtype", choices=["float32", "bfloat16", "int8"], default="float32", help="the model's precision")
     args = p.parse_args(argv)
     torch.set_num_threads(max(1, args.threads))
-    reference = Reference(args.model, args.overlap, getattr(torch, args.dtype))
+    reference = Reference(args.model, args.overlap, args.dtype)
     server = ThreadingHTTPServer((args.host, args.port), handler(reference))
     server.daemon_threads = True
     print(
