@@ -4,7 +4,7 @@
 #   make sweep  the capacity sweep on the tiny model: chart, CSV and JSON in target/sweep
 #   make soak   30 minutes of two tiers at 70 % of capacity, sampled: CSV and chart in target/soak
 #   make overload  70 %, 3× and 70 % of capacity through the gateway: statuses and accounting
-#   make bench  blipserve against transformers and eager PyTorch on the base-size random model, fp32, bf16 and int8 (8 minutes)
+#   make bench  blipserve against transformers and eager PyTorch on the base-size random model, fp32, bf16 and int8 (12 minutes)
 #   make fidelity  each precision's answers against transformers float32 on real photographs, base size (10 minutes)
 #   make docs   regenerate the settings reference in docs/configuration.md
 SHELL := /bin/bash
