@@ -292,26 +292,30 @@ fn answers_match_transformers_fixed_shapes() {
 /// docs/correctness.md has the figures, and the base-size ones).
 #[test]
 fn bfloat16_answers_stay_close_to_transformers_float32() {
-    let model = Model::load(&model_dir("tiny-bf16"), &LoadOptions::default()).expect("load");
-    assert_eq!(model.manifest().dtype, "bfloat16");
-    drop(model);
-    let c = compare("tiny-bf16");
-    assert!(c.max_dp > 0.0, "bfloat16 answers equal float32's exactly: is the export float32?");
-    assert!(c.max_dp <= BF16_MAX_DP, "|dP(yes)| {} past {BF16_MAX_DP}", c.max_dp);
-    assert!(c.flips * 10 <= c.compared, "{} of {} yes/no answers flipped", c.flips, c.compared);
-    assert!(c.first_token_mismatches * 10 <= c.compared, "{} first tokens differ", c.first_token_mismatches);
+    check_reduced_precision("tiny-bf16", ("bfloat16", "bfloat16"), BF16_MAX_DP, 10);
 }
 
 /// int8 linear layers (the language-model head float32) against transformers in float32 on the
 /// same weights, within bounds (tiny random model; docs/correctness.md has the base-size figures).
 #[test]
 fn int8_answers_stay_close_to_transformers_float32() {
-    let model = Model::load(&model_dir("tiny-int8"), &LoadOptions::default()).expect("load");
-    assert_eq!((model.manifest().dtype.as_str(), model.manifest().precision()), ("float32", "int8"));
+    check_reduced_precision("tiny-int8", ("float32", "int8"), INT8_MAX_DP, 4);
+}
+
+/// A reduced-precision export of the tiny model: its manifest's (dtype, precision), answers that
+/// differ from float32's but by at most `max_dp`, at most a tenth of yes/no answers flipped and
+/// at most 1/`first_token_share` of the first generated tokens different.
+fn check_reduced_precision(model_name: &str, (dtype, precision): (&str, &str), max_dp: f64, first_token_share: usize) {
+    let model = Model::load(&model_dir(model_name), &LoadOptions::default()).expect("load");
+    assert_eq!((model.manifest().dtype.as_str(), model.manifest().precision()), (dtype, precision));
     drop(model);
-    let c = compare("tiny-int8");
-    assert!(c.max_dp > 0.0, "int8 answers equal float32's exactly: is the export quantised?");
-    assert!(c.max_dp <= INT8_MAX_DP, "|dP(yes)| {} past {INT8_MAX_DP}", c.max_dp);
+    let c = compare(model_name);
+    assert!(c.max_dp > 0.0, "{model_name} answers equal float32's exactly: is the export reduced?");
+    assert!(c.max_dp <= max_dp, "|dP(yes)| {} past {max_dp}", c.max_dp);
     assert!(c.flips * 10 <= c.compared, "{} of {} yes/no answers flipped", c.flips, c.compared);
-    assert!(c.first_token_mismatches * 4 <= c.compared, "{} first tokens differ", c.first_token_mismatches);
+    assert!(
+        c.first_token_mismatches * first_token_share <= c.compared,
+        "{} first tokens differ",
+        c.first_token_mismatches
+    );
 }

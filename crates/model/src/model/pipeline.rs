@@ -100,10 +100,9 @@ impl Model {
             let encoded = self.encode_questions(&image_kv, &group)?;
             let group_answers = match mode {
                 AnswerMode::YesNo => self.yes_no(&encoded, group.len())?,
-                AnswerMode::Generate { max_new_tokens } => match &self.text_decoder_step {
-                    Some(step) => self.generate_cached(step, &encoded, group.len(), max_new_tokens)?,
-                    None => self.generate(&encoded, group.len(), max_new_tokens)?,
-                },
+                AnswerMode::Generate { max_new_tokens } => {
+                    self.generate_answers(&encoded, group.len(), max_new_tokens, true)?
+                }
             };
             for ((frame, index, _), answer) in group.iter().zip(group_answers) {
                 answers[*frame][*index] = Some(answer);
@@ -266,6 +265,21 @@ impl Model {
                 }
             })
             .collect())
+    }
+
+    /// Greedy decoding with the key/value cache when the export has one and `use_cache`, else by
+    /// re-running the decoder over each prefix.
+    fn generate_answers(
+        &self,
+        encoded: &Encoded,
+        real: usize,
+        max_new_tokens: usize,
+        use_cache: bool,
+    ) -> Result<Vec<Answer>, InferenceError> {
+        match &self.text_decoder_step {
+            Some(step) if use_cache => self.generate_cached(step, encoded, real, max_new_tokens),
+            _ => self.generate(encoded, real, max_new_tokens),
+        }
     }
 
     /// Greedy decoding without a key/value cache (fixed-shape exports, or one without the cached
@@ -470,9 +484,6 @@ pub mod stages {
     ) -> Result<Vec<super::Answer>, InferenceError> {
         let _no_grad = tch::no_grad_guard();
         let rows = encoded.0.embeds.size()[0] as usize;
-        match &model.text_decoder_step {
-            Some(step) if cached => model.generate_cached(step, &encoded.0, rows, max_new_tokens),
-            _ => model.generate(&encoded.0, rows, max_new_tokens),
-        }
+        model.generate_answers(&encoded.0, rows, max_new_tokens, cached)
     }
 }
