@@ -168,9 +168,7 @@ pub(super) fn spawn(
                 if !batch.is_empty() {
                     trimmed = false;
                     batches += 1;
-                    if run_batch(&model, batch, &metrics, (id, batches)) {
-                        health.succeeded();
-                    } else if health.failed() {
+                    if run_batch(&model, batch, &metrics, &health, (id, batches)) {
                         recover(id, &mut model, &config, &health);
                     }
                 }
@@ -183,8 +181,16 @@ pub(super) fn spawn(
     tx
 }
 
-/// Answers a batch (`replica`'s `number`th); returns whether it succeeded.
-fn run_batch(model: &Model, batch: Vec<Job>, metrics: &EngineMetrics, (replica, number): (usize, u64)) -> bool {
+/// Answers a batch (`replica`'s `number`th); returns whether inference is now failing. Health is
+/// updated before any client hears back, so a load balancer probing `/ready` right after a 500
+/// already sees the failed batch counted.
+fn run_batch(
+    model: &Model,
+    batch: Vec<Job>,
+    metrics: &EngineMetrics,
+    health: &InferenceHealth,
+    (replica, number): (usize, u64),
+) -> bool {
     let started = Instant::now();
     metrics.batch_frames.observe(batch.len() as f64);
     let mode = batch[0].mode;
@@ -197,14 +203,15 @@ fn run_batch(model: &Model, batch: Vec<Job>, metrics: &EngineMetrics, (replica, 
         BatchOf { replica, number, frames: batch.len(), questions: batch.iter().map(|job| job.questions.len()).sum() };
     match result {
         Ok(Ok(answers)) => {
+            health.succeeded();
             for (job, answers) in batch.into_iter().zip(answers) {
                 let queued = started.saturating_duration_since(job.enqueued);
                 let _ = job.reply.send(Ok(JobResult { answers, queued, inference, batch: of }));
             }
-            true
+            false
         }
-        Ok(Err(e)) => fail(batch, e.to_string()),
-        Err(_) => fail(batch, "the model replica panicked".into()),
+        Ok(Err(e)) => fail(batch, e.to_string(), health),
+        Err(_) => fail(batch, "the model replica panicked".into(), health),
     }
 }
 
@@ -241,10 +248,12 @@ fn recover(id: usize, model: &mut Arc<Model>, config: &EngineConfig, health: &In
     }
 }
 
-fn fail(batch: Vec<Job>, message: String) -> bool {
+/// Counts the failed batch, then answers its clients; returns whether inference is now failing.
+fn fail(batch: Vec<Job>, message: String, health: &InferenceHealth) -> bool {
     tracing::error!(error = %message, frames = batch.len(), "inference failed");
+    let failing = health.failed();
     for job in batch {
         let _ = job.reply.send(Err(EngineError::Inference(message.clone())));
     }
-    false
+    failing
 }
