@@ -1,8 +1,6 @@
 //! Bakes libtorch's location into the `blipserve` binary (rpath), so it runs without the user
-//! setting LD_LIBRARY_PATH, and keeps libtorch_cuda linked so a CUDA host can use its GPUs.
+//! setting LD_LIBRARY_PATH.
 //! Only that binary gets these link arguments: `blipserve-api` and the tests link no libtorch.
-
-use std::path::Path;
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
@@ -12,9 +10,7 @@ fn main() {
         return;
     };
     println!("cargo:rustc-link-arg-bin=blipserve=-Wl,-rpath,{lib_dir}");
-    // Without this the linker's --as-needed drops libtorch_cuda (nothing references it by
-    // symbol) and CUDA devices stay invisible to the process.
-    if Path::new(&lib_dir).join("libtorch_cuda.so").exists() {
-        println!("cargo:rustc-link-arg-bin=blipserve=-Wl,--no-as-needed,-ltorch_cuda,--as-needed");
-    }
+    // libtorch_cuda is not linked (the linker's --as-needed drops it: nothing references it by
+    // symbol); blipserve loads it from beside libtorch_cpu when a CUDA device is asked for, so a CPU
+    // server does not map the CUDA libraries.
 }

@@ -396,6 +396,9 @@ fn metrics_pass_promtool_and_openapi_passes_a_validator() {
     assert!(info["model"].get("quantization").is_none(), "{info}");
     assert_eq!(info["device"], "cpu");
     assert!(info["replicas"].as_u64().unwrap() >= 1);
+    // A CPU server maps libtorch but not its CUDA half (loaded only when a CUDA device is asked for).
+    let maps = std::fs::read_to_string(format!("/proc/{}/maps", server.pid())).unwrap();
+    assert!(maps.contains("/libtorch_cpu.so") && !maps.contains("/libtorch_cuda.so"), "CUDA libraries mapped on cpu");
 }
 
 /// An int8 export serves like any other and says what it is.

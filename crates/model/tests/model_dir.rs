@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use blipserve_model::device::Device;
+use blipserve_model::device::{self, Device};
 use blipserve_model::model::{AnswerMode, FrameQuestions, LoadError, LoadOptions, Model};
 use blipserve_testkit::*;
 
@@ -152,15 +152,34 @@ fn artifacts_for_another_device() {
     assert!(msg.contains("exported for neuron"), "{msg}");
 }
 
+/// Asking for cuda loads libtorch_cuda.so from beside libtorch_cpu.so (the process did not map it
+/// before), and the error for want of a GPU says where CUDA support came from.
 #[test]
 fn cuda_without_a_gpu() {
-    if tch::Cuda::is_available() {
+    let mapped = |name: &str| std::fs::read_to_string("/proc/self/maps").unwrap().contains(name);
+    assert!(mapped("/libtorch_cpu.so"));
+    assert!(!mapped("/libtorch_cuda.so"), "CUDA support was loaded before any CUDA device was asked for");
+    if device::cuda_device_count() > 0 {
         return skip("this host has a CUDA device, so loading on cuda:0 cannot fail for want of one");
     }
     let (_tmp, dir) = copy_of_tiny();
     let cuda = LoadOptions { device: Device::Cuda(0), ..LoadOptions::default() };
     let msg = message(Model::load(&dir, &cuda));
     assert!(msg.contains("cuda:0") && msg.contains("0 CUDA device"), "{msg}");
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+    let cpu = maps.lines().find_map(|l| l.split_whitespace().nth(5).filter(|p| p.ends_with("/libtorch_cpu.so")));
+    let cuda_library = Path::new(cpu.unwrap()).with_file_name("libtorch_cuda.so");
+    if cuda_library.exists() {
+        assert!(mapped("/libtorch_cuda.so"), "asking for cuda did not load {}", cuda_library.display());
+        assert!(msg.contains("CUDA support from") && msg.contains("libtorch_cuda.so"), "{msg}");
+        // Loaded late, its CUDA kernels are registered all the same: a CUDA tensor now fails for
+        // want of a driver or a device, not for want of a CUDA backend.
+        let cuda = (tch::Kind::Float, tch::Device::Cuda(0));
+        let err = tch::Tensor::f_zeros([1], cuda).unwrap_err().to_string();
+        assert!(!err.contains("from the 'CUDA' backend"), "CUDA kernels not registered: {err}");
+    } else {
+        assert!(msg.contains("no CUDA support") && msg.contains("CPU build"), "{msg}");
+    }
 }
 
 /// Generated token ids for three questions of different lengths about a synthetic frame.

@@ -41,7 +41,7 @@ pub use server::{client, faulty_worker, gateway, Server};
 /// (`--success-output immediate`, or a `success-output` override for the test).
 ///
 /// ```ignore
-/// if tch::Cuda::is_available() {
+/// if blipserve_model::device::cuda_device_count() > 0 {
 ///     return skip("a CUDA device is present: the no-GPU error cannot be provoked here");
 /// }
 /// ```

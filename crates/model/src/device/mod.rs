@@ -5,6 +5,7 @@
 //! lives in `libtorchneuron.so`, which must be loaded into the process globally before the
 //! module is deserialised. The same mechanism serves any custom-operator library.
 
+mod cuda;
 mod op_library;
 pub mod placement;
 
@@ -12,6 +13,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
+pub use cuda::{cuda_device_count, cuda_support};
 pub use op_library::{find_neuron_library, load_neuron_runtime, load_op_library, OpLibraryError};
 pub use placement::{parse_core_list, plan, visible_neuron_cores, DeviceChoice, Host, NeuronCore, Slot};
 
@@ -29,7 +31,7 @@ pub enum Device {
 pub enum DeviceError {
     #[error("unknown device {0:?}: expected cpu, cuda, cuda:N or neuron")]
     Unknown(String),
-    #[error("device {device} requested but this process sees {visible} CUDA device(s)")]
+    #[error("device {device} requested but this process sees {visible} CUDA device(s) ({})", cuda_support())]
     CudaUnavailable { device: Device, visible: usize },
     #[error(transparent)]
     OpLibrary(#[from] OpLibraryError),
@@ -96,7 +98,7 @@ impl Device {
     /// Fails early, with a clear message, when the device cannot be used in this process.
     pub fn check_available(self) -> Result<(), DeviceError> {
         if let Device::Cuda(n) = self {
-            let visible = tch::Cuda::device_count().max(0) as usize;
+            let visible = cuda_device_count();
             if n >= visible {
                 return Err(DeviceError::CudaUnavailable { device: self, visible });
             }

@@ -118,7 +118,7 @@ impl Host {
         let mut host = Host { cpu_replicas, gpus: 0, neuron_cores: Vec::new(), neuron_source: String::new() };
         match choice {
             DeviceChoice::Cpu => {}
-            DeviceChoice::AnyGpu | DeviceChoice::Gpu(_) => host.gpus = tch::Cuda::device_count().max(0) as usize,
+            DeviceChoice::AnyGpu | DeviceChoice::Gpu(_) => host.gpus = super::cuda_device_count(),
             DeviceChoice::Neuron => {
                 let devices = neuron_devices(Path::new("/dev"));
                 let (cores, source) = visible_neuron_cores(|name| std::env::var(name).ok(), devices)?;
@@ -202,7 +202,10 @@ pub fn plan(choice: DeviceChoice, replicas: Option<usize>, host: &Host) -> Resul
         DeviceChoice::Cpu => Ok(vec![Slot::on(Device::Cpu); replicas.unwrap_or(host.cpu_replicas).max(1)]),
         DeviceChoice::AnyGpu => {
             if host.gpus == 0 {
-                return Err(DeviceError::Placement("--device cuda, but this process sees no CUDA device".into()));
+                return Err(DeviceError::Placement(format!(
+                    "--device cuda, but this process sees no CUDA device ({})",
+                    super::cuda_support()
+                )));
             }
             // More replicas than GPUs share them round-robin: a GPU runs several streams.
             Ok((0..replicas.unwrap_or(host.gpus)).map(|i| Slot::on(Device::Cuda(i % host.gpus))).collect())
