@@ -1,5 +1,6 @@
-//! `blipserve ask`, run as the real binary. (That its answers are the library's is checked in
-//! crates/model/tests/ask.rs, which loads the model in-process.)
+//! `blipserve ask` and the binary itself (its allocator), run as the real binary. (That `ask`'s
+//! answers are the library's is checked in crates/model/tests/ask.rs, which loads the model
+//! in-process.)
 
 use std::process::Command;
 
@@ -72,5 +73,29 @@ fn help_documents_environment_twins() {
     let help = String::from_utf8_lossy(&out.stdout);
     for var in ["BLIPSERVE_MODEL", "BLIPSERVE_DEVICE", "BLIPSERVE_THREADS", "BLIPSERVE_NEURON_LIB"] {
         assert!(help.contains(var), "--help lacks {var}:\n{help}");
+    }
+}
+
+/// The binary's allocator is jemalloc with its settings, and libtorch allocates through it (the
+/// dynamic linker binds libtorch's `malloc` to the executable's, not glibc's).
+#[test]
+fn jemalloc_allocates_for_libtorch_too() {
+    let out = blipserve().arg("--version").env("MALLOC_CONF", "stats_print:true").output().unwrap();
+    let stats = String::from_utf8_lossy(&out.stderr);
+    assert!(stats.contains("opt.oversize_threshold: 0"), "no jemalloc statistics with its settings:\n{stats}");
+
+    let out = blipserve().arg("--version").env("LD_DEBUG", "bindings").output().unwrap();
+    let bindings = String::from_utf8_lossy(&out.stderr);
+    let bound_to = |library: &str, symbol: &str| {
+        let binding = bindings.lines().find(|l| l.contains(library) && l.contains(&format!("symbol `{symbol}'")));
+        let binding = binding.unwrap_or_else(|| panic!("no binding of {library}'s {symbol}"));
+        binding.split(" to ").nth(1).unwrap_or_default().to_string()
+    };
+    // libtorch allocates tensors with posix_memalign and frees them in c10.
+    for (library, symbol) in
+        [("/libtorch_cpu.so", "malloc"), ("/libtorch_cpu.so", "posix_memalign"), ("/libc10.so", "free")]
+    {
+        let to = bound_to(library, symbol);
+        assert!(to.contains(env!("CARGO_BIN_EXE_blipserve")), "{library}'s {symbol} binds to {to}");
     }
 }

@@ -12,6 +12,8 @@ pub mod health;
 mod queue;
 mod worker;
 
+pub use worker::set_memory_release;
+
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc;

@@ -6,7 +6,7 @@
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{mpsc, Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
@@ -94,11 +94,25 @@ const RELOAD_AFTER: u32 = 3;
 /// A replica idle this long hands the memory its batches freed back to the OS.
 const TRIM_WHEN_IDLE: Duration = Duration::from_secs(2);
 
-/// Returns the heap pages libtorch's activations freed to the OS. glibc keeps freed memory in
-/// per-thread arenas, so each replica would otherwise hold on to its largest batch's activations
-/// (the warm-up's, at the largest batch) for good. Called after the warm-up and when a replica
-/// has been idle, never between busy batches, which would fault the pages back in.
+/// How the process's allocator hands free pages back to the OS, when the binary chose one
+/// ([`set_memory_release`]); glibc's `malloc_trim` otherwise.
+static RELEASE_FREE_MEMORY: OnceLock<fn()> = OnceLock::new();
+
+/// Sets how free heap pages go back to the OS: the binary's allocator knows (src/main.rs: jemalloc's
+/// purge). The first call wins; call it before starting the engine.
+pub fn set_memory_release(release: fn()) {
+    let _ = RELEASE_FREE_MEMORY.set(release);
+}
+
+/// Returns the heap pages libtorch's activations freed to the OS. Allocators keep freed memory
+/// (glibc in per-thread arenas, jemalloc as dirty pages until they decay), so each replica would
+/// otherwise hold on to its largest batch's activations (the warm-up's, at the largest batch).
+/// Called after the warm-up and when a replica has been idle, never between busy batches, which
+/// would fault the pages back in.
 fn release_free_memory() {
+    if let Some(release) = RELEASE_FREE_MEMORY.get() {
+        return release();
+    }
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: malloc_trim only returns free pages of the heap to the OS; no allocation in use is
     // touched, and it is safe to call from any thread.
