@@ -10,8 +10,7 @@ use serde_json::Value;
 const BIN: &str = env!("CARGO_BIN_EXE_blipserve");
 
 fn detect_status(server: &Server, image: &[u8]) -> u16 {
-    let form = detect_form(image, &["is the dog barking?"], &[]);
-    client().post(server.url("/v1/detect")).multipart(form).send().unwrap().status().as_u16()
+    server.detect(image, &["is the dog barking?"]).status().as_u16()
 }
 
 fn ready(server: &Server) -> (u16, Value) {

@@ -213,12 +213,7 @@ fn idle_connections_to_the_load_balancer_are_closed_before_it_would_close_them()
     let gw = gateway(dir.path(), &lb, 60_000, &["--upstream-idle-timeout-ms", "150"]);
     let image = frame();
     for i in 0..3 {
-        let status = client()
-            .post(gw.url("/v1/detect"))
-            .multipart(detect_form(&image, &["is the dog barking?"], &[]))
-            .send()
-            .unwrap()
-            .status();
+        let status = gw.detect(&image, &["is the dog barking?"]).status();
         assert_eq!(status, 200, "request {i}");
         let closed = eventually(Duration::from_secs(3), || established_to(lb_port) == 0);
         assert!(closed, "the gateway kept an idle connection to the load balancer open past its idle limit");

@@ -17,13 +17,7 @@ fn frame() -> Vec<u8> {
 
 /// What `/v1/detect` answers for the frame: (probabilities, answers).
 fn detect(server: &Server, image: &[u8]) -> (Vec<f64>, Vec<String>) {
-    let body: Value = client()
-        .post(server.url("/v1/detect"))
-        .multipart(detect_form(image, &QUESTIONS, &[]))
-        .send()
-        .unwrap()
-        .json()
-        .unwrap();
+    let body: Value = server.detect(image, &QUESTIONS).json().unwrap();
     let answers = body["answers"].as_array().unwrap();
     (
         answers.iter().map(|a| a["probability"].as_f64().unwrap()).collect(),

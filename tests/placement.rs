@@ -63,7 +63,7 @@ fn placement_calls(log: &Path) -> Vec<(i64, i64)> {
 }
 
 fn probabilities(server: &Server, image: &[u8], questions: &[&str]) -> Vec<f64> {
-    let r = client().post(server.url("/v1/detect")).multipart(detect_form(image, questions, &[])).send().unwrap();
+    let r = server.detect(image, questions);
     assert_eq!(r.status(), 200);
     let body: Value = r.json().unwrap();
     body["answers"].as_array().unwrap().iter().map(|a| a["probability"].as_f64().unwrap()).collect()

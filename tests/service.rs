@@ -200,7 +200,7 @@ fn bad_requests_get_documented_status_and_json_errors() {
 fn api_keys_guard_detect_only() {
     let server = Server::start(BIN, "tiny", &["--api-key", "k1,k2"]);
     let image = frame_jpeg(3);
-    let resp = client().post(server.url("/v1/detect")).multipart(detect_form(&image, &["is it?"], &[])).send().unwrap();
+    let resp = server.detect(&image, &["is it?"]);
     assert_eq!(resp.status(), 401);
     assert_eq!(resp.json::<Value>().unwrap()["code"], "unauthorized");
     let resp = client()
@@ -267,7 +267,7 @@ fn overload_gets_429_not_errors_and_recovers() {
     assert!(statuses.iter().all(|s| *s == 200 || *s == 429), "{statuses:?}");
     assert!(statuses.contains(&429), "the queue never filled: {statuses:?}");
     assert!(statuses.contains(&200));
-    let resp = client().post(server.url("/v1/detect")).multipart(detect_form(&image, &["is it?"], &[])).send().unwrap();
+    let resp = server.detect(&image, &["is it?"]);
     assert_eq!(resp.status(), 200);
     assert_eq!(
         server.metric("blipserve_requests_total{outcome=\"overloaded\"}") as usize,
@@ -280,18 +280,7 @@ fn concurrent_frames_are_batched_and_answer_as_alone() {
     let server = Server::start(BIN, "tiny", &["--replicas", "1", "--max-batch-frames", "8", "--max-wait-us", "200000"]);
     let frames: Vec<Vec<u8>> = (0..6).map(|i| frame_jpeg(10 + i)).collect();
     let questions = ["is the dog barking?", "is the cat on the sofa by the window?"];
-    let alone: Vec<Value> = frames
-        .iter()
-        .map(|f| {
-            client()
-                .post(server.url("/v1/detect"))
-                .multipart(detect_form(f, &questions, &[]))
-                .send()
-                .unwrap()
-                .json()
-                .unwrap()
-        })
-        .collect();
+    let alone: Vec<Value> = frames.iter().map(|f| server.detect(f, &questions).json().unwrap()).collect();
     let together: Vec<Value> = std::thread::scope(|s| {
         let handles: Vec<_> = frames
             .iter()
@@ -364,8 +353,8 @@ fn sigterm_drains_in_flight_requests_and_exits_zero() {
 fn metrics_pass_promtool_and_openapi_passes_a_validator() {
     let server = Server::start(BIN, "tiny", &[]);
     let image = frame_jpeg(6);
-    client().post(server.url("/v1/detect")).multipart(detect_form(&image, &["is it?"], &[])).send().unwrap();
-    client().post(server.url("/v1/detect")).multipart(detect_form(b"nope", &["is it?"], &[])).send().unwrap();
+    server.detect(&image, &["is it?"]);
+    server.detect(b"nope", &["is it?"]);
     let metrics = client().get(server.url("/metrics")).send().unwrap().text().unwrap();
     for name in [
         "blipserve_requests_total",
@@ -408,11 +397,7 @@ fn an_int8_export_answers_and_info_says_int8() {
     let info: Value = client().get(server.url("/v1/info")).send().unwrap().json().unwrap();
     assert_eq!((&info["model"]["dtype"], &info["model"]["precision"]), (&json!("float32"), &json!("int8")));
     assert_eq!(info["model"]["quantization"]["weights"], "int8", "{info}");
-    let resp = client()
-        .post(server.url("/v1/detect"))
-        .multipart(detect_form(&frame_jpeg(7), &["is the dog barking?"], &[]))
-        .send()
-        .unwrap();
+    let resp = server.detect(&frame_jpeg(7), &["is the dog barking?"]);
     assert_eq!(resp.status(), 200);
     let body: Value = resp.json().unwrap();
     let p = body["answers"][0]["probability"].as_f64().unwrap();
@@ -422,11 +407,7 @@ fn an_int8_export_answers_and_info_says_int8() {
 #[test]
 fn past_its_deadline_a_request_gets_504_and_is_not_run() {
     let server = Server::start(BIN, "tiny", &["--request-timeout-ms", "1"]);
-    let resp = client()
-        .post(server.url("/v1/detect"))
-        .multipart(detect_form(&frame_jpeg(7), &["is it?"], &[]))
-        .send()
-        .unwrap();
+    let resp = server.detect(&frame_jpeg(7), &["is it?"]);
     assert_eq!(resp.status(), 504);
     assert_eq!(resp.json::<Value>().unwrap()["code"], "deadline_exceeded");
     // Bounded wait for the drop to be recorded (blipserve_dropped_total appears with its first).
@@ -485,7 +466,7 @@ fn frames_of_clients_that_hung_up_are_dropped_before_inference() {
     assert!(inferred + cancelled <= 5.0 && inferred < 5.0, "{inferred} inferred, {cancelled} cancelled");
     assert_eq!(server.metric("blipserve_in_flight_requests"), 0.0, "departed clients still counted in flight");
     assert!(server.metric("blipserve_requests_total{outcome=\"cancelled\"}") >= 1.0);
-    let resp = client().post(server.url("/v1/detect")).multipart(detect_form(&small, &["is it?"], &[])).send().unwrap();
+    let resp = server.detect(&small, &["is it?"]);
     assert_eq!(resp.status(), 200);
 }
 
@@ -498,13 +479,7 @@ fn sagemaker_ping_and_invocations_answer_as_the_hosting_contract_expects() {
     assert_eq!(ping.status(), 200);
     let image = frame_jpeg(11);
     let questions = ["is the dog barking?", "is there a cat?"];
-    let detect: Value = client()
-        .post(server.url("/v1/detect"))
-        .multipart(detect_form(&image, &questions, &[]))
-        .send()
-        .unwrap()
-        .json()
-        .unwrap();
+    let detect: Value = server.detect(&image, &questions).json().unwrap();
     for (content_type, body) in [
         ("multipart", None),
         (

@@ -10,6 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::forms::detect_form;
 use crate::metrics;
 use crate::paths::{model_dir, op_fixtures};
 use crate::poll::{eventually, eventually_every};
@@ -119,6 +120,12 @@ impl Server {
 
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
+    }
+
+    /// POSTs `image` with `questions` to /v1/detect as a multipart form ([`detect_form`], no
+    /// behaviours), with [`client`]'s 30 s timeout.
+    pub fn detect(&self, image: &[u8], questions: &[&str]) -> reqwest::blocking::Response {
+        client().post(self.url("/v1/detect")).multipart(detect_form(image, questions, &[])).send().unwrap()
     }
 
     /// The process id.
