@@ -272,7 +272,13 @@ fn root_attempts(spans: &[ReceivedSpan], trace: &str) -> usize {
 fn a_gateway_without_tracing_passes_the_clients_context_to_a_worker_traced_by_the_standard_environment() {
     let receiver = OtlpReceiver::start();
     let endpoint = receiver.endpoint();
-    let env = [ENV[0], ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()), ("OTEL_SERVICE_NAME", "pet-detector")];
+    let env = [
+        ENV[0],
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+        ("OTEL_SERVICE_NAME", "pet-detector"),
+        // What the CloudFormation stacks give each container (deploy/pool.yaml, OtlpEndpoint).
+        ("OTEL_RESOURCE_ATTRIBUTES", "service.instance.id=i-0123456789abcdef0"),
+    ];
     let worker = Server::start_role_with_env(BIN, "worker", "tiny", 0, WORKER, &env);
     let (gateway, _config) = gateway(BIN, &[&worker.base], &[], &[]);
     let image = jpeg(&synthetic_frame(320, 240, 6), 90, Subsamp::Sub2x2);
@@ -283,6 +289,10 @@ fn a_gateway_without_tracing_passes_the_clients_context_to_a_worker_traced_by_th
     let spans = receiver.wait_for(Duration::from_secs(20), |spans| spans.iter().any(|s| s.name == "inference"));
     let spans = in_trace(&spans, &client.trace);
     assert!(spans.iter().all(|s| s.service == "pet-detector"), "OTEL_SERVICE_NAME names the worker: {spans:#?}");
+    assert!(
+        spans.iter().all(|s| s.resource.get("service.instance.id").map(String::as_str) == Some("i-0123456789abcdef0")),
+        "OTEL_RESOURCE_ATTRIBUTES names the instance: {spans:#?}"
+    );
     let server = one(&spans, "the worker's server span", |s| s.kind == 2);
     assert_eq!(server.parent_span_id, client.span, "the client's context reached the worker through the gateway");
     assert_eq!(server.attribute("blipserve.request_id"), Some(answer.request_id.as_str()));

@@ -175,6 +175,7 @@ fn values(tier: Tier, image: &str, allow_tag: bool) -> BTreeMap<&'static str, St
         ("ImageUri", image.to_string()),
         ("AllowImageTag", allow_tag.to_string()),
         ("LogGroup", LOG_GROUP.to_string()),
+        ("OtlpEndpoint", String::new()),
     ]
     .into();
     match tier {
@@ -223,10 +224,12 @@ fn substitute(text: &str, values: &BTreeMap<&str, String>) -> String {
     out
 }
 
-/// The user data, ready to run.
-fn user_data(tier: Tier, image: &str, allow_tag: bool) -> String {
+/// The user data, ready to run (`otlp`: the stack's OtlpEndpoint).
+fn user_data(tier: Tier, image: &str, allow_tag: bool, otlp: &str) -> String {
     let (text, _) = user_data_sub(tier);
-    let script = substitute(&text, &values(tier, image, allow_tag));
+    let mut values = values(tier, image, allow_tag);
+    values.insert("OtlpEndpoint", otlp.to_string());
+    let script = substitute(&text, &values);
     let outside = writes_outside_root(&script);
     assert!(
         outside.is_empty(),
@@ -321,6 +324,8 @@ struct Launch {
     tier: Tier,
     /// The stack's AllowImageTag.
     allow_tag: bool,
+    /// The stack's OtlpEndpoint.
+    otlp: &'static str,
 }
 
 /// What a run did.
@@ -386,11 +391,15 @@ impl Launch {
             // inf2.xlarge: one Inferentia2 device.
             std::fs::write(dir.path().join("root/dev/neuron0"), b"").expect("device");
         }
-        Launch { dir, tier, allow_tag: false }
+        Launch { dir, tier, allow_tag: false, otlp: "" }
     }
 
     fn allowing_tags(self) -> Launch {
         Launch { allow_tag: true, ..self }
+    }
+
+    fn tracing_to(self, otlp: &'static str) -> Launch {
+        Launch { otlp, ..self }
     }
 
     fn root(&self) -> PathBuf {
@@ -482,21 +491,58 @@ impl Launch {
     /// The first boot: the user data.
     fn boot(&self, image: &str, env: &[(&str, &str)]) -> Run {
         let script = self.dir.path().join("user-data.sh");
-        std::fs::write(&script, user_data(self.tier, image, self.allow_tag)).expect("write user data");
+        std::fs::write(&script, user_data(self.tier, image, self.allow_tag, self.otlp)).expect("write user data");
         self.run(&[script.to_str().expect("utf-8 path")], env)
     }
 
-    /// A later start of the instance: blipserve-launch.service, with worker.conf as its
-    /// EnvironmentFile.
+    /// A later start of the instance: blipserve-launch.service.
     fn restart(&self, env: &[(&str, &str)]) -> Run {
-        let conf = self.path("etc/blipserve/worker.conf");
+        self.start("blipserve-launch.service", "blipserve-launch", env)
+    }
+
+    /// What systemd runs for `unit` (written by the first boot): its ExecStart `program`, with
+    /// the tier's settings file as its EnvironmentFile.
+    fn start(&self, unit: &str, program: &str, env: &[(&str, &str)]) -> Run {
+        let settings = match self.tier {
+            Tier::Worker => "etc/blipserve/worker.conf",
+            Tier::Gateway => "etc/blipserve/gateway.conf",
+        };
+        let conf = self.path(settings);
         assert!(conf.is_file(), "the first boot wrote no {}", conf.display());
-        let unit = std::fs::read_to_string(self.path("etc/systemd/system/blipserve-launch.service")).expect("the unit");
-        assert!(unit.contains("EnvironmentFile=/etc/blipserve/worker.conf"), "{unit}");
-        assert!(unit.contains("ExecStart=/usr/local/bin/blipserve-launch"), "{unit}");
-        let command = format!("set -a; . '{}'; set +a; exec blipserve-launch", conf.display());
+        let text = std::fs::read_to_string(self.path(&format!("etc/systemd/system/{unit}"))).expect("the unit");
+        assert!(text.contains(&format!("EnvironmentFile=/{settings}\n")), "{text}");
+        assert!(text.contains(&format!("ExecStart=/usr/local/bin/{program}\n")), "{text}");
+        let command = format!("set -a; . '{}'; set +a; exec {program}", conf.display());
         self.run(&["-c", &command], env)
     }
+
+    /// The `docker run` of blipserve.service after a first boot that went into service.
+    fn container(&self) -> String {
+        let boot = self.boot(&image_by_digest(), &[]);
+        assert_eq!(boot.status, Some(0), "{}", boot.describe());
+        let run = self.start("blipserve.service", "blipserve-run", &[]);
+        assert_eq!(run.status, Some(0), "{}", run.describe());
+        let docker: Vec<&String> = run.calls.iter().filter(|c| c.starts_with("docker run ")).collect();
+        assert_eq!(docker.len(), 1, "one container\n{}", run.describe());
+        docker[0].clone()
+    }
+}
+
+/// A container's command line traces to `otlp` (naming the instance) or, with none, not at all;
+/// docker's options come before the image.
+fn assert_traces(command: &str, otlp: &str) {
+    let image = command.find(&image_by_digest()).unwrap_or_else(|| panic!("no image in {command}"));
+    match command.find("--env BLIPSERVE_OTLP_ENDPOINT=") {
+        None => assert!(otlp.is_empty(), "no BLIPSERVE_OTLP_ENDPOINT with OtlpEndpoint={otlp}: {command}"),
+        Some(at) => {
+            let want = format!(
+                "--env BLIPSERVE_OTLP_ENDPOINT={otlp} --env OTEL_RESOURCE_ATTRIBUTES=service.instance.id={INSTANCE_ID} "
+            );
+            assert!(!otlp.is_empty() && command[at..].starts_with(&want), "want {want:?} in {command}");
+            assert!(at < image, "the environment goes before the image: {command}");
+        }
+    }
+    assert!(!command.contains("OTEL_") || !otlp.is_empty(), "{command}");
 }
 
 /// The run ended in exactly one completion of the launch hook with `result`, within the bound,
@@ -666,7 +712,42 @@ fn worker_warm_pool_prepares_then_starts_on_a_later_boot() {
     assert_machine_untouched();
 }
 
+/// blipserve.service runs `blipserve worker` on the synced model, publishing to CloudWatch; with
+/// OtlpEndpoint set it also traces there, each span naming the instance.
+#[test]
+fn worker_container_serves_the_model_and_traces_only_when_asked() {
+    for otlp in ["", "http://127.0.0.1:4318"] {
+        let command = Launch::new(Tier::Worker).tracing_to(otlp).container();
+        let image = image_by_digest();
+        for part in [
+            "--volume /opt/blipserve/model:/model:ro ",
+            &format!(" {image} worker --model /model --device neuron --listen 0.0.0.0 --port 8080 "),
+            " --cloudwatch --cloudwatch-backend neuron",
+        ] {
+            assert!(command.contains(part), "want {part:?} in {command}");
+        }
+        assert_traces(&command, otlp);
+    }
+    assert_machine_untouched();
+}
+
 // --- the gateway ------------------------------------------------------------------------------
+
+/// The gateway's blipserve.service: its configuration and keys; traces only with OtlpEndpoint.
+#[test]
+fn gateway_container_reads_its_configuration_and_traces_only_when_asked() {
+    for otlp in ["", "https://otel.internal.example:4318/base"] {
+        let command = Launch::new(Tier::Gateway).tracing_to(otlp).container();
+        for part in [
+            "--env-file /etc/blipserve/keys.env ",
+            &format!(" {} gateway --config /etc/blipserve/gateway.toml", image_by_digest()),
+        ] {
+            assert!(command.contains(part), "want {part:?} in {command}");
+        }
+        assert_traces(&command, otlp);
+    }
+    assert_machine_untouched();
+}
 
 #[test]
 fn gateway_goes_into_service_with_its_api_keys() {
@@ -756,6 +837,38 @@ fn the_test_values_cover_every_substitution() {
         // substitute() panics on an unknown name.
         let script = substitute(&text, &known);
         assert!(!script.contains("${!"), "{}", tier.template());
+    }
+}
+
+/// OtlpEndpoint lands in a settings file that bash sources and systemd reads: its pattern admits
+/// a collector's URL and nothing a shell or systemd would act on.
+#[test]
+fn the_otlp_endpoint_admits_urls_and_nothing_a_shell_acts_on() {
+    for tier in [Tier::Worker, Tier::Gateway] {
+        let path = repo().join("deploy").join(tier.template());
+        let doc: Value = serde_norway::from_str(&std::fs::read_to_string(&path).expect("read template")).expect("YAML");
+        let parameter = &doc["Parameters"]["OtlpEndpoint"];
+        assert_eq!(parameter["Default"].as_str(), Some(""), "{}: off by default", tier.template());
+        let pattern = parameter["AllowedPattern"].as_str().expect("an AllowedPattern");
+        // CloudFormation matches the whole value.
+        let pattern = regex::Regex::new(&format!("^(?:{pattern})$")).expect("a regular expression");
+        for good in ["", "http://127.0.0.1:4318", "https://otel.internal.example:4318/base/", "http://collector_1:4318"]
+        {
+            assert!(pattern.is_match(good), "{}: {good:?} refused", tier.template());
+        }
+        for bad in [
+            "127.0.0.1:4318",
+            "ftp://collector:4318",
+            "http://collector:4318 --privileged",
+            "http://collector/$(reboot)",
+            "http://collector/`id`",
+            "http://collector/';reboot;'",
+            "http://collector/\"x",
+            "http://collector/?token=x",
+            "http://collector\nLD_PRELOAD=/tmp/x.so",
+        ] {
+            assert!(!pattern.is_match(bad), "{}: {bad:?} admitted", tier.template());
+        }
     }
 }
 

@@ -23,6 +23,8 @@ use crate::poll::eventually;
 pub struct ReceivedSpan {
     /// The exporting process's `service.name`.
     pub service: String,
+    /// Every attribute of the exporting process (`service.name`, `service.instance.id`, …).
+    pub resource: BTreeMap<String, String>,
     pub trace_id: String,
     pub span_id: String,
     /// Empty for a root span.
@@ -132,6 +134,7 @@ async fn export(
         for span in resource_spans.scope_spans.into_iter().flat_map(|s| s.spans) {
             received.push(ReceivedSpan {
                 service: service.clone(),
+                resource: resource.clone(),
                 trace_id: hex(&span.trace_id),
                 span_id: hex(&span.span_id),
                 parent_span_id: hex(&span.parent_span_id),
