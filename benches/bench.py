@@ -13,9 +13,11 @@
    memory against the traced parts' bytes; and once ready with 1 and with 2 replicas, what an
    extra CPU replica costs.
 4. `blipserve throughput`: the same frames in-process, no HTTP, in batches the size of the
-   server's mean batch, to show what the server layer costs: every precision in turn, five
-   rounds, each figure the median of its rounds and ratios between precisions taken round by
-   round (a shared machine's speed drifts).
+   server's mean batch, to show what the server layer costs. 3 and 4 run in rounds (four by
+   default): each round a load test of each precision's server, started once, followed at once
+   by the in-process run of that precision; each figure is the median of its rounds, and the
+   ratios (served over in-process, one precision over another) are taken round by round (a
+   shared machine's speed drifts over minutes).
 3 and 4 again on the bfloat16 and int8 exports of the same weights, when they exist.
 
 The same frames (synthetic 1920x1080 JPEGs, written here) and the same three questions go to
@@ -234,57 +236,84 @@ def reference_rows(args, repo: Path, frames: list[Path], precisions: list[str]) 
     return rows
 
 
-def served_row(args, model: str, precision: str, frames: list[Path]) -> tuple[dict, list[str]]:
-    """`blipserve serve` under the load test; and the `blipserve throughput` command that answers
-    the same frames in-process, in batches of the server's mean batch with one replica's threads."""
-    # blipserve's defaults; only the request deadline is raised, so that a machine slowed down by
-    # something else shows in the figures rather than as 504s.
-    command = [args.blipserve, "serve", "--model", model, "--port", str(port := free_port()),
-               "--request-timeout-ms", "120000", *args.serve_arg]
-    server = Server(f"blipserve-{precision}", command, port, "/ready", args.out / f"blipserve-{precision}.log")
+def blipserve_rounds(args, models: dict[str, str], frames: list[Path]) -> list[tuple[str, dict]]:
+    """`blipserve serve` of every precision, started once, and `blipserve throughput`, the same
+    frames in-process in batches of the server's mean batch with one replica's threads: `--rounds`
+    rounds, each of them a load test of `--requests` frames on each server in turn, each followed
+    at once by the in-process command on `--in-process-frames` frames. A shared machine's speed
+    drifts over minutes, so each figure is the median of its rounds and each ratio (served over
+    in-process, one precision over another) is taken round by round."""
+    servers: dict[str, Server] = {}
+    setup: dict[str, dict] = {}
+    served: dict[str, list[dict]] = {precision: [] for precision in models}
+    inproc: dict[str, list[dict]] = {precision: [] for precision in models}
     try:
-        served = load_test(args, server, frames, args.requests, args.out / f"blipserve-{precision}.json")
-        served["rss_mb"] = rss_mb(server.proc.pid)
-        info = json.loads(server.get("/v1/info"))
+        for precision, model in models.items():
+            # blipserve's defaults; only the request deadline is raised, so that a machine slowed
+            # down by something else shows in the figures rather than as 504s.
+            command = [args.blipserve, "serve", "--model", model, "--port", str(port := free_port()),
+                       "--request-timeout-ms", "120000", *args.serve_arg]
+            server = servers[precision] = Server(f"blipserve-{precision}", command, port, "/ready",
+                                                 args.out / f"blipserve-{precision}.log")
+            time.sleep(1)
+            setup[precision] = {"ready_rss_mb": rss_mb(server.proc.pid), "weights_mb": weights_mb(Path(model)),
+                                "info": json.loads(server.get("/v1/info"))}
+        for n in range(args.rounds):
+            for precision, model in models.items():
+                server, s = servers[precision], setup[precision]
+                report = load_test(args, server, frames, args.requests, args.out / f"blipserve-{precision}-{n}.json")
+                report["rss_mb"] = rss_mb(server.proc.pid)
+                served[precision].append(report)
+                s.setdefault("batch", max(1, round(report.get("mean_batch_frames", 1))))
+                command = [args.blipserve, "throughput", "--model", model, "--frames", str(args.in_process_frames),
+                           "--batch-frames", str(s["batch"]), "--threads", str(s["info"]["threads_per_replica"])]
+                for frame in frames:
+                    command += ["--image", str(frame)]
+                for q in QUESTIONS:
+                    command += ["--question", q]
+                out = args.out / f"in-process-{precision}-{n}.json"
+                share = CpuShare()
+                cpu0, t0 = children_cpu_s(), time.time()
+                report = run([*command, "--json", str(out)], out)
+                report["others_cpu_share"] = share.others(children_cpu_s() - cpu0, time.time() - t0)
+                inproc[precision].append(report)
     finally:
-        server.stop()
-    served["weights_mb"] = weights_mb(Path(model))
-    batch = max(1, round(served["mean_batch_frames"]))
-    threads = info["threads_per_replica"]
-    inproc = [args.blipserve, "throughput", "--model", model, "--frames", str(args.in_process_frames),
-              "--batch-frames", str(batch), "--threads", str(threads)]
-    for f in frames:
-        inproc += ["--image", str(f)]
-    for q in QUESTIONS:
-        inproc += ["--question", q]
-    served["setup"] = (f"--model {model}: {info['replicas']} replica x {threads} threads, max batch "
-                       f"{info['batching']['max_batch_frames']} frames (mean batch {served['mean_batch_frames']:.2f}); "
-                       f"in-process: --batch-frames {batch} --threads {threads}")
-    return served, inproc
+        for server in servers.values():
+            server.stop()
 
-
-def in_process_rounds(args, commands: dict[str, list[str]]) -> dict[str, list[dict]]:
-    """Each precision's `blipserve throughput` in turn, `--rounds` times (fp32, bf16, int8, fp32,
-    ...): a shared machine's speed drifts over minutes, so a precision's figure is the median of
-    its rounds and a ratio between precisions is taken round by round."""
-    runs: dict[str, list[dict]] = {precision: [] for precision in commands}
-    for n in range(args.rounds):
-        for precision, command in commands.items():
-            out = args.out / f"in-process-{precision}-{n}.json"
-            share = CpuShare()
-            cpu0, t0 = children_cpu_s(), time.time()
-            report = run([*command, "--json", str(out)], out)
-            report["others_cpu_share"] = share.others(children_cpu_s() - cpu0, time.time() - t0)
-            runs[precision].append(report)
-    return runs
+    rows = []
+    for precision, reports in served.items():
+        s, info = setup[precision], setup[precision]["info"]
+        batches = [r["mean_batch_frames"] for r in reports if "mean_batch_frames" in r]
+        row = median_row(reports)
+        row.update({
+            "ok": sum(r["ok"] for r in reports),
+            # The rounds' median p50 and their highest p99.
+            "latency_ms": {"p50": statistics.median(r["latency_ms"]["p50"] for r in reports),
+                           "p99": max(r["latency_ms"]["p99"] for r in reports)},
+            "ready_rss_mb": s["ready_rss_mb"],
+            # The highest of the rounds, each taken as its load test ends.
+            "rss_mb": max(r["rss_mb"] for r in reports),
+            "weights_mb": s["weights_mb"],
+            "share_of_in_process": statistics.median(
+                a["throughput_per_s"] / b["throughput_per_s"] for a, b in zip(reports, inproc[precision])),
+            "setup": (f"--model {models[precision]}: {info['replicas']} replica x {info['threads_per_replica']} threads, "
+                      f"max batch {info['batching']['max_batch_frames']} frames (mean batch "
+                      f"{statistics.mean(batches) if batches else float('nan'):.2f}); in-process: --batch-frames "
+                      f"{s['batch']} --threads {info['threads_per_replica']}"),
+        })
+        rows.append((f"blipserve serve, {precision}", row))
+    rows += [(f"blipserve in-process, {precision}", median_row(reports)) for precision, reports in inproc.items()]
+    return rows
 
 
 def median_row(reports: list[dict]) -> dict:
     return {
-        "frames": sum(r["frames"] for r in reports),
+        "frames": sum(r["frames"] for r in reports if "frames" in r),
         "throughput_per_s": statistics.median(r["throughput_per_s"] for r in reports),
         "others_cpu_share": max(r["others_cpu_share"] for r in reports),
         "rounds": [round(r["throughput_per_s"], 3) for r in reports],
+        "reports": reports,
     }
 
 
@@ -318,9 +347,9 @@ def main(argv=None) -> int:
     p.add_argument("--out", type=Path, default=repo / "target/bench", help="frames, reports and logs")
     p.add_argument("--concurrency", type=int, default=2, help="clients of each load test")
     p.add_argument("--reference-requests", type=int, default=8, help="frames measured on each Python baseline")
-    p.add_argument("--requests", type=int, default=32, help="frames measured on each blipserve server")
-    p.add_argument("--in-process-frames", type=int, default=12, help="frames of each in-process round")
-    p.add_argument("--rounds", type=int, default=5, help="in-process rounds of every precision, in turn")
+    p.add_argument("--requests", type=int, default=8, help="frames of each round's load test on each blipserve server")
+    p.add_argument("--in-process-frames", type=int, default=12, help="frames of each round's in-process run")
+    p.add_argument("--rounds", type=int, default=4, help="rounds of every precision, served then in-process, in turn")
     p.add_argument("--max-phase-s", type=float, default=180, help="longest a load test may run")
     p.add_argument("--serve-arg", action="append", default=[], help="extra `blipserve serve` flag (repeatable)")
     args = p.parse_args(argv)
@@ -339,12 +368,7 @@ def main(argv=None) -> int:
         else:
             log(f"no {model}: the {precision} rows are skipped (make {model}/manifest.json)")
     rows = reference_rows(args, repo, frames, list(models))
-    commands = {}
-    for precision, model in models.items():
-        served, commands[precision] = served_row(args, model, precision, frames)
-        rows.append((f"blipserve serve, {precision}", served))
-    runs = in_process_rounds(args, commands)
-    rows += [(f"blipserve in-process, {precision}", median_row(reports)) for precision, reports in runs.items()]
+    rows += blipserve_rounds(args, models, frames)
     replicas = replica_memory(args, args.model)
     r = dict(rows)
     fps = {name: report["throughput_per_s"] for name, report in rows}
@@ -371,8 +395,9 @@ def main(argv=None) -> int:
         weights = f"{report['weights_mb']:.0f}" if "weights_mb" in report else "-"
         print(f"| {name:42} | {n:>6} | {report['throughput_per_s']:>8.3f} | {p50:>7} | {p99:>7} | {rss:>7} | "
               f"{weights:>10} | {report['others_cpu_share']:>19.0%} |")
-    rounds = "; ".join(f"{p} {r[f'blipserve in-process, {p}']['rounds']}" for p in models)
-    print(f"in-process frames/s per round: {rounds}")
+    for kind in ("serve", "in-process"):
+        rounds = "; ".join(f"{p} {r[f'blipserve {kind}, {p}']['rounds']}" for p in models)
+        print(f"{kind} frames/s per round: {rounds}")
     print()
     inproc = fps["blipserve in-process, fp32"]
     eager = fps["eager PyTorch, same algorithm, fp32"]
@@ -393,31 +418,32 @@ def main(argv=None) -> int:
           SPEED_UP_TARGET)
     ratio("blipserve in-process / eager PyTorch, same algorithm", inproc / eager, "frames/s (fp32 both)")
     for precision in models:
-        ratio(f"blipserve serve / in-process, {precision}",
-              fps[f"blipserve serve, {precision}"] / fps[f"blipserve in-process, {precision}"], "frames/s",
-              SERVER_SHARE_TARGET)
+        ratio(f"blipserve serve / in-process, {precision}", r[f"blipserve serve, {precision}"]["share_of_in_process"],
+              "frames/s (median of per-round ratios)", SERVER_SHARE_TARGET)
     for precision in models:
         served = r[f"blipserve serve, {precision}"]
+        target = RSS_OVER_WEIGHTS_TARGET if precision == "fp32" else None
+        ratio(f"blipserve serve RSS when ready / weights, {precision}", served["ready_rss_mb"] / served["weights_mb"],
+              f"({served['ready_rss_mb']:.0f} MB / {served['weights_mb']:.0f} MB)", at_most=target)
         ratio(f"blipserve serve RSS / weights, {precision}", served["rss_mb"] / served["weights_mb"],
-              f"({served['rss_mb']:.0f} MB / {served['weights_mb']:.0f} MB, just after the load test)",
-              at_most=RSS_OVER_WEIGHTS_TARGET if precision == "fp32" else None)
+              f"({served['rss_mb']:.0f} MB / {served['weights_mb']:.0f} MB, just after the load test)", at_most=target)
     extra, weights = replicas[2] - replicas[1], r["blipserve serve, fp32"]["weights_mb"]
-    ratio("blipserve serve RSS when ready / weights, fp32", replicas[1] / weights, f"({replicas[1]:.0f} MB)",
-          at_most=RSS_OVER_WEIGHTS_TARGET)
     print(f"{'blipserve serve RSS when ready, 1 / 2 replicas:':<54}{replicas[1]:.0f} / {replicas[2]:.0f} MB: an extra "
           f"CPU replica adds {extra:.0f} MB, {extra / weights:.1%} of the weights (fp32; one shared copy)"
           f" (target <= {EXTRA_REPLICA_TARGET:.0%}: {'met' if extra / weights <= EXTRA_REPLICA_TARGET else 'MISSED'})")
     checks.append(extra / weights <= EXTRA_REPLICA_TARGET)
-    def paired(precision: str) -> float:
-        """Median over rounds of precision's frames/s over fp32's in the same round."""
-        return statistics.median(a["throughput_per_s"] / b["throughput_per_s"] for a, b in zip(runs[precision], runs["fp32"]))
+
+    def paired(kind: str, precision: str) -> float:
+        """Median over rounds of precision's frames/s over fp32's in the same round (kind: serve
+        or in-process)."""
+        mine, fp32 = (r[f"blipserve {kind}, {p}"]["reports"] for p in (precision, "fp32"))
+        return statistics.median(a["throughput_per_s"] / b["throughput_per_s"] for a, b in zip(mine, fp32))
 
     reduced = [p for p in models if p != "fp32"]
     for precision in reduced:
         mine = fps[f"blipserve in-process, {precision}"]
-        ratio(f"blipserve {precision} / fp32, in-process", paired(precision), "frames/s (median of per-round ratios)")
-        ratio(f"blipserve {precision} / fp32, serve", fps[f"blipserve serve, {precision}"] / fps["blipserve serve, fp32"],
-              "frames/s")
+        ratio(f"blipserve {precision} / fp32, in-process", paired("in-process", precision), "frames/s (median of per-round ratios)")
+        ratio(f"blipserve {precision} / fp32, serve", paired("serve", precision), "frames/s (median of per-round ratios)")
         ratio(f"blipserve {precision} in-process / eager PyTorch fp32", mine / eager, "frames/s")
         ratio(f"blipserve {precision} in-process / eager PyTorch {precision}",
               mine / fps[f"eager PyTorch, same algorithm, {precision}"], "frames/s (the same precision both)")
@@ -427,7 +453,7 @@ def main(argv=None) -> int:
         best = max(reduced, key=lambda p: fps[f"blipserve in-process, {p}"])
         mine = fps[f"blipserve in-process, {best}"]
         print(f"fastest reduced precision here: {best}")
-        ratio(f"blipserve {best} / fp32, in-process", paired(best), "frames/s (median of per-round ratios)",
+        ratio(f"blipserve {best} / fp32, in-process", paired("in-process", best), "frames/s (median of per-round ratios)",
               REDUCED_OVER_FP32_TARGET)
         ratio(f"blipserve {best} in-process / eager PyTorch fp32", mine / eager, "frames/s", REDUCED_OVER_EAGER_TARGET)
     worst = max(report["others_cpu_share"] for _, report in rows)
