@@ -720,7 +720,8 @@ fn worker_container_serves_the_model_and_traces_only_when_asked() {
         let command = Launch::new(Tier::Worker).tracing_to(otlp).container();
         let image = image_by_digest();
         for part in [
-            "--volume /opt/blipserve/model:/model:ro ",
+            // inf2.xlarge's one device (under the scratch root here), its two cores.
+            "--volume /opt/blipserve/model:/model:ro --device /dev/neuron0 --env NEURON_RT_VISIBLE_CORES=0-1 ",
             &format!(" {image} worker --model /model --device neuron --listen 0.0.0.0 --port 8080 "),
             " --cloudwatch --cloudwatch-backend neuron",
         ] {
