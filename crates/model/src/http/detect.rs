@@ -1,9 +1,11 @@
 //! `POST /v1/detect`: read the body within its limits, authorise, check, answer through the
 //! [`crate::infer::Infer`] facade, render.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Instant;
 
+use axum::body::Bytes;
 use axum::extract::{Path, Request, State};
 use axum::http::{HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
@@ -22,31 +24,12 @@ pub async fn detect(
     traced: Traced,
     request: Request,
 ) -> Response {
-    let mut outcome = state.requests.begin();
-    match handle(&state, request_id.clone(), &traced, request).await {
-        Ok(response) => {
-            outcome.finish("ok", 200);
-            response
-        }
-        Err(e) => {
-            tracing::info!(request_id, code = e.code(), error = %e, "detect refused");
-            traced.fail(&e);
-            outcome.finish(e.code(), e.status().as_u16());
-            e.into_response()
-        }
-    }
-}
-
-async fn handle(state: &AppState, request_id: String, traced: &Traced, request: Request) -> Result<Response, ApiError> {
-    let started = Instant::now();
-    let infer = &state.infer;
-    let deadline = body::deadline(request.headers(), started, infer.limits().request_timeout);
-    let (parts, body) = request.into_parts();
-    let bytes = body::read_before(body, infer.limits().max_body_bytes, deadline).await?;
-    api_http::authorize(&state.api_keys, &parts.headers)?;
-    infer.check_ready()?;
-    let raw = body::parse_body(&parts.headers, bytes?).await?;
-    render(answer(state, request_id, raw, (started, deadline), traced).await?)
+    let answering = async {
+        let (headers, bytes, times) = admit(&state, request).await?;
+        let raw = body::parse_body(&headers, bytes).await?;
+        render(answer(&state, request_id.clone(), raw, times, &traced).await?)
+    };
+    counted(&state, "detect", &request_id, &traced, answering, IntoResponse::into_response).await.unwrap_or_else(|e| e)
 }
 
 /// `POST /v2/models/{name}/infer`: the Open Inference Protocol's request, answered as a detect
@@ -58,33 +41,56 @@ pub async fn infer_v2(
     traced: Traced,
     request: Request,
 ) -> Response {
-    let mut outcome = state.requests.begin();
     let model = params.iter().find(|(k, _)| k == "name").map(|(_, v)| v.clone()).unwrap_or_default();
-    let result = async {
+    let answering = async {
         if model != state.infer.model_id {
             return Err(ApiError::UnknownModel(model.clone()));
         }
-        let started = Instant::now();
-        let infer = &state.infer;
-        let deadline = body::deadline(request.headers(), started, infer.limits().request_timeout);
-        let (parts, body) = request.into_parts();
-        let bytes = body::read_before(body, infer.limits().max_body_bytes, deadline).await?;
-        api_http::authorize(&state.api_keys, &parts.headers)?;
-        infer.check_ready()?;
-        let parsed = oip::parse(&parts.headers, &bytes?)?;
-        let answer = answer(&state, request_id.clone(), parsed.raw, (started, deadline), &traced).await?;
+        let (headers, bytes, times) = admit(&state, request).await?;
+        let parsed = oip::parse(&headers, &bytes)?;
+        let answer = answer(&state, request_id.clone(), parsed.raw, times, &traced).await?;
         Ok(oip::render(&answer, &state.infer.model_id, parsed.id, &parsed.outputs))
     };
-    match result.await {
-        Ok(response) => {
+    counted(&state, "infer", &request_id, &traced, answering, oip::error).await.unwrap_or_else(|e| e)
+}
+
+/// What an HTTP door does first: the deadline (the request's header, or the default), the body
+/// read within its size limit and that deadline, the API key, the replica's readiness. A body
+/// over the limit is refused after the key is checked, so a client without one hears 401.
+/// Returns the headers, the body and (arrival, deadline).
+async fn admit(state: &AppState, request: Request) -> Result<(HeaderMap, Bytes, (Instant, Instant)), ApiError> {
+    let started = Instant::now();
+    let infer = &state.infer;
+    let deadline = body::deadline(request.headers(), started, infer.limits().request_timeout);
+    let (parts, body) = request.into_parts();
+    let bytes = body::read_before(body, infer.limits().max_body_bytes, deadline).await?;
+    api_http::authorize(&state.api_keys, &parts.headers)?;
+    infer.check_ready()?;
+    Ok((parts.headers, bytes?, (started, deadline)))
+}
+
+/// Every door's bookkeeping around `answering`: the request counted in the metrics with its
+/// outcome; a refusal logged, marked on the request's span and turned into the door's own error
+/// answer by `refuse` (JSON, the Open Inference Protocol's, a gRPC status).
+pub(super) async fn counted<T, E>(
+    state: &AppState,
+    door: &str,
+    request_id: &str,
+    traced: &Traced,
+    answering: impl Future<Output = Result<T, ApiError>>,
+    refuse: impl FnOnce(ApiError) -> E,
+) -> Result<T, E> {
+    let mut outcome = state.requests.begin();
+    match answering.await {
+        Ok(answer) => {
             outcome.finish("ok", 200);
-            response
+            Ok(answer)
         }
         Err(e) => {
-            tracing::info!(request_id, code = e.code(), error = %e, "infer refused");
+            tracing::info!(request_id, door, code = e.code(), error = %e, "request refused");
             traced.fail(&e);
             outcome.finish(e.code(), e.status().as_u16());
-            oip::error(e)
+            Err(refuse(e))
         }
     }
 }

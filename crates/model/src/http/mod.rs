@@ -75,25 +75,14 @@ impl grpc::Backend for Grpc {
         traced: Traced,
     ) -> Result<DetectResponse, tonic::Status> {
         let state = &self.0;
-        let mut outcome = state.requests.begin();
-        let answered = async {
+        let answering = async {
             api_http::authorize(&state.api_keys, &headers)?;
             state.infer.check_ready()?;
             let started = std::time::Instant::now();
             let deadline = started + state.infer.limits().request_timeout;
-            detect::answer(state, request_id, raw, (started, deadline), &traced).await
+            detect::answer(state, request_id.clone(), raw, (started, deadline), &traced).await
         };
-        match answered.await {
-            Ok(answer) => {
-                outcome.finish("ok", 200);
-                Ok(answer)
-            }
-            Err(e) => {
-                outcome.finish(e.code(), e.status().as_u16());
-                traced.fail(&e);
-                Err(grpc::status(&e))
-            }
-        }
+        detect::counted(state, "grpc", &request_id, &traced, answering, |e| grpc::status(&e)).await
     }
 }
 
