@@ -9,6 +9,7 @@
 //! any other answer, 4xx or 5xx, is passed through unchanged. When no worker can take the
 //! request the client gets 503 `no_upstream`.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -73,17 +74,47 @@ pub(super) async fn detect(
     traced: Traced,
     request: Request,
 ) -> Response {
+    let forwarding = forward(&gw, &request_id, &traced, request);
+    counted(&gw, "detect", &request_id, &traced, forwarding, IntoResponse::into_response).await
+}
+
+/// What an HTTP door does first: the deadline (the request's header, or the default), the body
+/// read within its size limit and that deadline, the API key (checked before a body over the
+/// limit is refused, so a client without one hears 401). Returns the headers, the body, the
+/// arrival and the deadline.
+async fn admit(gw: &Gateway, request: Request) -> Result<(HeaderMap, Bytes, Instant, Instant), ApiError> {
+    let started = Instant::now();
+    let s = &gw.settings;
+    let deadline = body::deadline(request.headers(), started, s.limits.request_timeout);
+    let (parts, body) = request.into_parts();
+    let bytes = body::read_before(body, s.limits.max_body_bytes, deadline).await?;
+    http::authorize(&s.api_keys, &parts.headers)?;
+    Ok((parts.headers, bytes?, started, deadline))
+}
+
+/// An HTTP door's bookkeeping around `forwarding` (which yields the answer and its outcome code:
+/// "ok", or a worker's error code relayed): the request counted in the metrics; a refusal
+/// logged, marked on the request's span and answered by `refuse` (JSON, or the Open Inference
+/// Protocol's error).
+async fn counted(
+    gw: &Gateway,
+    door: &str,
+    request_id: &str,
+    traced: &Traced,
+    forwarding: impl Future<Output = Result<(Response, String), ApiError>>,
+    refuse: impl FnOnce(ApiError) -> Response,
+) -> Response {
     let mut outcome = gw.metrics.requests.begin();
-    match forward(&gw, &request_id, &traced, request).await {
+    match forwarding.await {
         Ok((response, code)) => {
             outcome.finish(&code, response.status().as_u16());
             response
         }
         Err(e) => {
-            tracing::info!(request_id, code = e.code(), error = %e, "detect refused by the gateway");
+            tracing::info!(request_id, door, code = e.code(), error = %e, "request refused by the gateway");
             traced.fail(&e);
             outcome.finish(e.code(), e.status().as_u16());
-            e.into_response()
+            refuse(e)
         }
     }
 }
@@ -170,18 +201,12 @@ async fn forward(
     traced: &Traced,
     request: Request,
 ) -> Result<(Response, String), ApiError> {
-    let started = Instant::now();
-    let s = &gw.settings;
-    let deadline = body::deadline(request.headers(), started, s.limits.request_timeout);
-    let (parts, body) = request.into_parts();
-    let bytes = body::read_before(body, s.limits.max_body_bytes, deadline).await?;
-    http::authorize(&s.api_keys, &parts.headers)?;
-    let bytes = bytes?;
-    let raw = body::parse_body(&parts.headers, bytes.clone()).await?;
+    let (headers, bytes, started, deadline) = admit(gw, request).await?;
+    let raw = body::parse_body(&headers, bytes.clone()).await?;
     // The original bytes and content type go to the worker: nothing is re-encoded.
     let content_type =
-        parts.headers.get(header::CONTENT_TYPE).cloned().ok_or(ApiError::UnsupportedMediaType(String::new()))?;
-    let sent = Sending { request_id, headers: &parts.headers, started, deadline, traced };
+        headers.get(header::CONTENT_TYPE).cloned().ok_or(ApiError::UnsupportedMediaType(String::new()))?;
+    let sent = Sending { request_id, headers: &headers, started, deadline, traced };
     match dispatch(gw, &sent, raw, Some((content_type, bytes))).await? {
         Dispatched::Relayed(response, code) => Ok((response, code)),
         Dispatched::Answer(body, headers) => {
@@ -201,20 +226,14 @@ pub(super) async fn infer_v2(
     traced: Traced,
     request: Request,
 ) -> Response {
-    let mut outcome = gw.metrics.requests.begin();
     let model = params.into_iter().find(|(k, _)| k == "name").map(|(_, v)| v).unwrap_or_default();
-    let answered = async {
+    let forwarding = async {
         if model_id(&gw).await.is_some_and(|known| known != model) {
             return Err(ApiError::UnknownModel(model.clone()));
         }
-        let started = Instant::now();
-        let s = &gw.settings;
-        let deadline = body::deadline(request.headers(), started, s.limits.request_timeout);
-        let (parts, body) = request.into_parts();
-        let bytes = body::read_before(body, s.limits.max_body_bytes, deadline).await?;
-        http::authorize(&s.api_keys, &parts.headers)?;
-        let parsed = oip::parse(&parts.headers, &bytes?)?;
-        let sent = Sending { request_id: &request_id, headers: &parts.headers, started, deadline, traced: &traced };
+        let (headers, bytes, started, deadline) = admit(&gw, request).await?;
+        let parsed = oip::parse(&headers, &bytes)?;
+        let sent = Sending { request_id: &request_id, headers: &headers, started, deadline, traced: &traced };
         match dispatch(&gw, &sent, parsed.raw, None).await? {
             Dispatched::Answer(body, _) if body.model != model && !body.model.is_empty() => {
                 gw.learn_model_id(&body.model);
@@ -227,18 +246,7 @@ pub(super) async fn infer_v2(
             Dispatched::Relayed(response, code) => Ok((oip::relayed_error(response).await, code)),
         }
     };
-    match answered.await {
-        Ok((response, code)) => {
-            outcome.finish(&code, response.status().as_u16());
-            response
-        }
-        Err(e) => {
-            tracing::info!(request_id, code = e.code(), error = %e, "infer refused by the gateway");
-            traced.fail(&e);
-            outcome.finish(e.code(), e.status().as_u16());
-            oip::error(e)
-        }
-    }
+    counted(&gw, "infer", &request_id, &traced, forwarding, oip::error).await
 }
 
 /// One client request on its way: what every attempt sends along.
