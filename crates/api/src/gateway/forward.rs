@@ -28,7 +28,7 @@ use super::Gateway;
 use crate::camera::{CameraId, Plan};
 use crate::detect;
 use crate::frame::check_header;
-use crate::http::body::{self, TIMEOUT_HEADER};
+use crate::http::body::{self, Admitted, TIMEOUT_HEADER};
 use crate::http::error::ApiError;
 use crate::http::{self, RequestId};
 use crate::oip;
@@ -78,18 +78,9 @@ pub(super) async fn detect(
     counted(&gw, "detect", &request_id, &traced, forwarding, IntoResponse::into_response).await
 }
 
-/// What an HTTP door does first: the deadline (the request's header, or the default), the body
-/// read within its size limit and that deadline, the API key (checked before a body over the
-/// limit is refused, so a client without one hears 401). Returns the headers, the body, the
-/// arrival and the deadline.
-async fn admit(gw: &Gateway, request: Request) -> Result<(HeaderMap, Bytes, Instant, Instant), ApiError> {
-    let started = Instant::now();
-    let s = &gw.settings;
-    let deadline = body::deadline(request.headers(), started, s.limits.request_timeout);
-    let (parts, body) = request.into_parts();
-    let bytes = body::read_before(body, s.limits.max_body_bytes, deadline).await?;
-    http::authorize(&s.api_keys, &parts.headers)?;
-    Ok((parts.headers, bytes?, started, deadline))
+/// [`body::admit`] with the gateway's limits and keys.
+async fn admit(gw: &Gateway, request: Request) -> Result<Admitted, ApiError> {
+    body::admit(request, &gw.settings.limits, &gw.settings.api_keys, || Ok(())).await
 }
 
 /// An HTTP door's bookkeeping around `forwarding` (which yields the answer and its outcome code:
@@ -201,7 +192,7 @@ async fn forward(
     traced: &Traced,
     request: Request,
 ) -> Result<(Response, String), ApiError> {
-    let (headers, bytes, started, deadline) = admit(gw, request).await?;
+    let Admitted { headers, body: bytes, started, deadline } = admit(gw, request).await?;
     let raw = body::parse_body(&headers, bytes.clone()).await?;
     // The original bytes and content type go to the worker: nothing is re-encoded.
     let content_type =
@@ -231,8 +222,8 @@ pub(super) async fn infer_v2(
         if model_id(&gw).await.is_some_and(|known| known != model) {
             return Err(ApiError::UnknownModel(model.clone()));
         }
-        let (headers, bytes, started, deadline) = admit(&gw, request).await?;
-        let parsed = oip::parse(&headers, &bytes)?;
+        let Admitted { headers, body, started, deadline } = admit(&gw, request).await?;
+        let parsed = oip::parse(&headers, &body)?;
         let sent = Sending { request_id: &request_id, headers: &headers, started, deadline, traced: &traced };
         match dispatch(&gw, &sent, parsed.raw, None).await? {
             Dispatched::Answer(body, _) if body.model != model && !body.model.is_empty() => {

@@ -12,10 +12,40 @@ use base64::Engine as _;
 use super::error::ApiError;
 use crate::camera::CAMERA_HEADER;
 use crate::detect::{JsonDetect, RawDetect};
+use crate::settings::RequestLimits;
 
 /// A client (or the gateway) may shorten a request's deadline with this header: the
 /// milliseconds it is still willing to wait. It never lengthens the server's own timeout.
 pub const TIMEOUT_HEADER: &str = "x-request-timeout-ms";
+
+/// A request an HTTP door has taken in ([`admit`]).
+pub struct Admitted {
+    pub headers: HeaderMap,
+    pub body: Bytes,
+    /// When it arrived.
+    pub started: Instant,
+    /// When it must be answered ([`deadline`]).
+    pub deadline: Instant,
+}
+
+/// What every door that answers detect requests does first: the deadline (`limits`' timeout, or
+/// sooner by the request's [`TIMEOUT_HEADER`]), the body read within its size limit and that
+/// deadline, the API key, then `ready` (a worker's readiness; the gateway has none to check). A
+/// body over the limit is refused only after those, so a client without a key hears 401.
+pub async fn admit(
+    request: Request,
+    limits: &RequestLimits,
+    api_keys: &[String],
+    ready: impl FnOnce() -> Result<(), ApiError>,
+) -> Result<Admitted, ApiError> {
+    let started = Instant::now();
+    let deadline = deadline(request.headers(), started, limits.request_timeout);
+    let (parts, body) = request.into_parts();
+    let bytes = read_before(body, limits.max_body_bytes, deadline).await?;
+    super::authorize(api_keys, &parts.headers)?;
+    ready()?;
+    Ok(Admitted { headers: parts.headers, body: bytes?, started, deadline })
+}
 
 /// When a request started at `started` must be answered: `timeout` from then, or sooner when the
 /// request's [`TIMEOUT_HEADER`] says so.

@@ -5,14 +5,14 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Instant;
 
-use axum::body::Bytes;
 use axum::extract::{Path, Request, State};
 use axum::http::{HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use blipserve_api::detect::{self, DetectResponse, RawDetect};
+use blipserve_api::http::body::{self, Admitted};
 use blipserve_api::http::error::ApiError;
-use blipserve_api::http::{self as api_http, body, RequestId};
+use blipserve_api::http::RequestId;
 use blipserve_api::oip;
 use blipserve_api::otel::Traced;
 
@@ -25,9 +25,9 @@ pub async fn detect(
     request: Request,
 ) -> Response {
     let answering = async {
-        let (headers, bytes, times) = admit(&state, request).await?;
-        let raw = body::parse_body(&headers, bytes).await?;
-        render(answer(&state, request_id.clone(), raw, times, &traced).await?)
+        let Admitted { headers, body, started, deadline } = admit(&state, request).await?;
+        let raw = body::parse_body(&headers, body).await?;
+        render(answer(&state, request_id.clone(), raw, (started, deadline), &traced).await?)
     };
     counted(&state, "detect", &request_id, &traced, answering, IntoResponse::into_response).await.unwrap_or_else(|e| e)
 }
@@ -46,27 +46,18 @@ pub async fn infer_v2(
         if model != state.infer.model_id {
             return Err(ApiError::UnknownModel(model.clone()));
         }
-        let (headers, bytes, times) = admit(&state, request).await?;
-        let parsed = oip::parse(&headers, &bytes)?;
-        let answer = answer(&state, request_id.clone(), parsed.raw, times, &traced).await?;
+        let Admitted { headers, body, started, deadline } = admit(&state, request).await?;
+        let parsed = oip::parse(&headers, &body)?;
+        let answer = answer(&state, request_id.clone(), parsed.raw, (started, deadline), &traced).await?;
         Ok(oip::render(&answer, &state.infer.model_id, parsed.id, &parsed.outputs))
     };
     counted(&state, "infer", &request_id, &traced, answering, oip::error).await.unwrap_or_else(|e| e)
 }
 
-/// What an HTTP door does first: the deadline (the request's header, or the default), the body
-/// read within its size limit and that deadline, the API key, the replica's readiness. A body
-/// over the limit is refused after the key is checked, so a client without one hears 401.
-/// Returns the headers, the body and (arrival, deadline).
-async fn admit(state: &AppState, request: Request) -> Result<(HeaderMap, Bytes, (Instant, Instant)), ApiError> {
-    let started = Instant::now();
+/// [`body::admit`] with this server's limits and keys, checking that its replicas are ready.
+async fn admit(state: &AppState, request: Request) -> Result<Admitted, ApiError> {
     let infer = &state.infer;
-    let deadline = body::deadline(request.headers(), started, infer.limits().request_timeout);
-    let (parts, body) = request.into_parts();
-    let bytes = body::read_before(body, infer.limits().max_body_bytes, deadline).await?;
-    api_http::authorize(&state.api_keys, &parts.headers)?;
-    infer.check_ready()?;
-    Ok((parts.headers, bytes?, (started, deadline)))
+    body::admit(request, infer.limits(), &state.api_keys, || infer.check_ready()).await
 }
 
 /// Every door's bookkeeping around `answering`: the request counted in the metrics with its
