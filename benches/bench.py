@@ -13,11 +13,13 @@
    memory against the traced parts' bytes; and once ready with 1 and with 2 replicas, what an
    extra CPU replica costs.
 4. `blipserve throughput`: the same frames in-process, no HTTP, in batches the size of the
-   server's mean batch, to show what the server layer costs. 3 and 4 run in rounds (four by
-   default): each round a load test of each precision's server, started once, followed at once
-   by the in-process run of that precision; each figure is the median of its rounds, and the
-   ratios (served over in-process, one precision over another) are taken round by round (a
-   shared machine's speed drifts over minutes).
+   server's mean batch, to show what the server layer costs. 3 and 4 run in rounds (six by
+   default): each round a load test of each precision's server, started once, and right before
+   or after it (in turn, so that a drift of the machine's speed between the two cancels out) an
+   in-process round of that precision, from a `blipserve throughput --repeat-on-stdin` started
+   once (after its first load test, which gives the batch size); each figure is the median of
+   its rounds, and the ratios (served over in-process, one precision over another) are taken
+   round by round (a shared machine's speed drifts over minutes).
 3 and 4 again on the bfloat16 and int8 exports of the same weights, when they exist.
 
 The same frames (synthetic 1920x1080 JPEGs, written here) and the same three questions go to
@@ -157,6 +159,45 @@ class Server:
         self.log_file.close()
 
 
+class InProcess:
+    """`blipserve throughput --repeat-on-stdin`: one replica in-process, its model loaded once,
+    measuring a round each time it is asked."""
+
+    def __init__(self, name: str, command: list[str], log_path: Path):
+        self.name, self.log_path = name, log_path
+        log(f"{name}: {' '.join(command)} --repeat-on-stdin")
+        self.log_file = open(log_path, "w")
+        self.proc = subprocess.Popen([*command, "--repeat-on-stdin"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=self.log_file, text=True)
+        self.loaded = self.read()
+
+    def read(self) -> dict:
+        line = self.proc.stdout.readline()
+        if not line:
+            raise SystemExit(f"{self.name} exited with {self.proc.wait()}; see {self.log_path}")
+        return json.loads(line)
+
+    def round(self, out: Path) -> dict:
+        """A round's report (also written to `out`), with the share of the CPU others took."""
+        share, cpu0, t0 = CpuShare(), process_cpu_s(self.proc.pid), time.time()
+        self.proc.stdin.write("\n")
+        self.proc.stdin.flush()
+        report = self.read()
+        report["others_cpu_share"] = share.others(process_cpu_s(self.proc.pid) - cpu0, time.time() - t0)
+        out.write_text(json.dumps(report, indent=2))
+        return report
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.stdin.close()
+            try:
+                self.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log_file.close()
+
+
 def run(command: list[str], out: Path) -> dict:
     log(" ".join(command))
     with open(out.with_suffix(".log"), "w") as f:
@@ -238,15 +279,37 @@ def reference_rows(args, repo: Path, frames: list[Path], precisions: list[str]) 
 
 def blipserve_rounds(args, models: dict[str, str], frames: list[Path]) -> list[tuple[str, dict]]:
     """`blipserve serve` of every precision, started once, and `blipserve throughput`, the same
-    frames in-process in batches of the server's mean batch with one replica's threads: `--rounds`
-    rounds, each of them a load test of `--requests` frames on each server in turn, each followed
-    at once by the in-process command on `--in-process-frames` frames. A shared machine's speed
-    drifts over minutes, so each figure is the median of its rounds and each ratio (served over
-    in-process, one precision over another) is taken round by round."""
+    frames in-process in batches of the server's mean batch with one replica's threads, also
+    started once: `--rounds` rounds, each of them a load test of `--requests` frames on each
+    server in turn and, right before or after it (in turn), `--in-process-frames` frames
+    in-process. A shared machine's speed drifts over minutes, so each figure is the median of its
+    rounds and each ratio (served over in-process, one precision over another) is taken round by
+    round."""
     servers: dict[str, Server] = {}
+    runners: dict[str, InProcess] = {}
     setup: dict[str, dict] = {}
     served: dict[str, list[dict]] = {precision: [] for precision in models}
     inproc: dict[str, list[dict]] = {precision: [] for precision in models}
+
+    def serve_round(precision: str, n: int) -> None:
+        report = load_test(args, servers[precision], frames, args.requests, args.out / f"blipserve-{precision}-{n}.json")
+        report["rss_mb"] = rss_mb(servers[precision].proc.pid)
+        served[precision].append(report)
+        setup[precision].setdefault("batch", max(1, round(report.get("mean_batch_frames", 1))))
+
+    def in_process_round(precision: str, n: int) -> None:
+        if precision not in runners:
+            s = setup[precision]
+            command = [args.blipserve, "throughput", "--model", models[precision], "--frames",
+                       str(args.in_process_frames), "--batch-frames", str(s["batch"]),
+                       "--threads", str(s["info"]["threads_per_replica"])]
+            for frame in frames:
+                command += ["--image", str(frame)]
+            for q in QUESTIONS:
+                command += ["--question", q]
+            runners[precision] = InProcess(f"in-process-{precision}", command, args.out / f"in-process-{precision}.log")
+        inproc[precision].append(runners[precision].round(args.out / f"in-process-{precision}-{n}.json"))
+
     try:
         for precision, model in models.items():
             # blipserve's defaults; only the request deadline is raised, so that a machine slowed
@@ -259,27 +322,14 @@ def blipserve_rounds(args, models: dict[str, str], frames: list[Path]) -> list[t
             setup[precision] = {"ready_rss_mb": rss_mb(server.proc.pid), "weights_mb": weights_mb(Path(model)),
                                 "info": json.loads(server.get("/v1/info"))}
         for n in range(args.rounds):
-            for precision, model in models.items():
-                server, s = servers[precision], setup[precision]
-                report = load_test(args, server, frames, args.requests, args.out / f"blipserve-{precision}-{n}.json")
-                report["rss_mb"] = rss_mb(server.proc.pid)
-                served[precision].append(report)
-                s.setdefault("batch", max(1, round(report.get("mean_batch_frames", 1))))
-                command = [args.blipserve, "throughput", "--model", model, "--frames", str(args.in_process_frames),
-                           "--batch-frames", str(s["batch"]), "--threads", str(s["info"]["threads_per_replica"])]
-                for frame in frames:
-                    command += ["--image", str(frame)]
-                for q in QUESTIONS:
-                    command += ["--question", q]
-                out = args.out / f"in-process-{precision}-{n}.json"
-                share = CpuShare()
-                cpu0, t0 = children_cpu_s(), time.time()
-                report = run([*command, "--json", str(out)], out)
-                report["others_cpu_share"] = share.others(children_cpu_s() - cpu0, time.time() - t0)
-                inproc[precision].append(report)
+            for precision in models:
+                # Served first in even rounds (the first gives the in-process batch size), second in odd ones.
+                order = (serve_round, in_process_round) if n % 2 == 0 else (in_process_round, serve_round)
+                for measure in order:
+                    measure(precision, n)
     finally:
-        for server in servers.values():
-            server.stop()
+        for process in [*runners.values(), *servers.values()]:
+            process.stop()
 
     rows = []
     for precision, reports in served.items():
@@ -348,8 +398,9 @@ def main(argv=None) -> int:
     p.add_argument("--concurrency", type=int, default=2, help="clients of each load test")
     p.add_argument("--reference-requests", type=int, default=8, help="frames measured on each Python baseline")
     p.add_argument("--requests", type=int, default=8, help="frames of each round's load test on each blipserve server")
-    p.add_argument("--in-process-frames", type=int, default=12, help="frames of each round's in-process run")
-    p.add_argument("--rounds", type=int, default=4, help="rounds of every precision, served then in-process, in turn")
+    p.add_argument("--in-process-frames", type=int, default=8, help="frames of each round's in-process run")
+    p.add_argument("--rounds", type=int, default=6,
+                   help="rounds of every precision, each served and in-process (in turn, one first then the other)")
     p.add_argument("--max-phase-s", type=float, default=180, help="longest a load test may run")
     p.add_argument("--serve-arg", action="append", default=[], help="extra `blipserve serve` flag (repeatable)")
     args = p.parse_args(argv)

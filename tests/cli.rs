@@ -99,3 +99,54 @@ fn jemalloc_allocates_for_libtorch_too() {
         assert!(to.contains(env!("CARGO_BIN_EXE_blipserve")), "{library}'s {symbol} binds to {to}");
     }
 }
+
+/// `throughput` measures once and writes its report; with `--repeat-on-stdin` it keeps the model
+/// and measures a round per line read (a benchmark's rounds), until its input ends.
+#[test]
+fn throughput_measures_once_or_a_round_per_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let image = frame(tmp.path());
+    let json = tmp.path().join("report.json");
+    let out = blipserve()
+        .args(["throughput", "--frames", "3", "--batch-frames", "2", "--model"])
+        .arg(model_dir("tiny"))
+        .arg("--image")
+        .arg(&image)
+        .arg("--json")
+        .arg(&json)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("3 frames in"));
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    // 3 frames in batches of 2: two batches, the last of one frame.
+    assert_eq!(
+        (report["frames"].as_u64(), report["batch_ms"].as_array().map(Vec::len)),
+        (Some(3), Some(2)),
+        "{report}"
+    );
+
+    let mut child = blipserve()
+        .args(["throughput", "--frames", "2", "--repeat-on-stdin", "--model"])
+        .arg(model_dir("tiny"))
+        .arg("--image")
+        .arg(&image)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(child.stdin.as_mut().unwrap(), b"\n\n\n").unwrap();
+    drop(child.stdin.take());
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let lines: Vec<serde_json::Value> =
+        String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 4, "one line once loaded and one per round: {lines:?}");
+    assert_eq!(lines[0]["model"], "tiny");
+    assert!(lines[0]["load_s"].as_f64().unwrap() > 0.0);
+    for round in &lines[1..] {
+        assert_eq!(round["frames"], 2, "{round}");
+        assert!(round["throughput_per_s"].as_f64().unwrap() > 0.0, "{round}");
+    }
+}

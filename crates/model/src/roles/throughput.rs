@@ -4,6 +4,7 @@
 //! tokenise, then the pipeline on a batch of frames), on the same frames and questions, so a
 //! load test of the server compared with this shows what the server layer costs.
 
+use std::io::{BufRead, Write};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -49,6 +50,13 @@ pub struct ThroughputArgs {
     /// Write the report as JSON to this file
     #[arg(long)]
     json: Option<PathBuf>,
+
+    /// Keep the model loaded and measure a round (the warm-up, then --frames frames) each time a
+    /// line arrives on standard input, until it ends: standard output gets one JSON line once the
+    /// model is loaded, then each round's report as a JSON line (for a benchmark that pairs
+    /// in-process rounds with load tests of a server without reloading the model in between)
+    #[arg(long, conflicts_with = "json")]
+    repeat_on_stdin: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -84,23 +92,60 @@ fn measure(args: ThroughputArgs) -> anyhow::Result<()> {
     let threads = args.model.threads(1);
     tch::set_num_threads(threads as i32);
     let dir = &args.model.model;
+    let loading = Instant::now();
     let model = Model::load(dir, &args.model.load_options(ImageLimits::DEFAULT))
         .with_context(|| format!("loading model {}", dir.display()))?;
+    let load_s = loading.elapsed().as_secs_f64();
     let images = args
         .images
         .iter()
         .map(|p| std::fs::read(p).with_context(|| format!("reading {}", p.display())))
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let mode = args.mode.answer_mode(&model, None);
+    let mut measure = Measure { args: &args, model: &model, images, next_image: 0, threads };
 
-    let mut next_image = 0usize;
-    let mut batch = |frames: usize| -> anyhow::Result<(Duration, Duration)> {
+    if !args.repeat_on_stdin {
+        let report = measure.round()?;
+        println!("{}", report.summary());
+        if let Some(path) = &args.json {
+            std::fs::write(path, serde_json::to_string_pretty(&report)?)
+                .with_context(|| format!("writing {}", path.display()))?;
+        }
+        return Ok(());
+    }
+    // One JSON line once loaded, then one report per line read, until the input ends.
+    let mut out = std::io::stdout().lock();
+    let loaded = serde_json::json!({ "model": model.manifest().model_id, "threads": threads, "load_s": load_s });
+    writeln!(out, "{loaded}")?;
+    out.flush()?;
+    for line in std::io::stdin().lock().lines() {
+        line.context("reading standard input")?;
+        let report = measure.round()?;
+        eprintln!("{}", report.summary());
+        writeln!(out, "{}", serde_json::to_string(&report)?)?;
+        out.flush()?;
+    }
+    Ok(())
+}
+
+/// One loaded replica and the frames it answers in turn.
+struct Measure<'a> {
+    args: &'a ThroughputArgs,
+    model: &'a Model,
+    images: Vec<Vec<u8>>,
+    next_image: usize,
+    threads: usize,
+}
+
+impl Measure<'_> {
+    /// Preprocesses and answers the next `frames` frames as one batch: (preprocessing, inference).
+    fn batch(&mut self, frames: usize) -> anyhow::Result<(Duration, Duration)> {
+        let (model, args) = (self.model, self.args);
         let started = Instant::now();
         let mut pixels = Vec::with_capacity(frames);
         let mut questions = Vec::with_capacity(frames);
         for _ in 0..frames {
-            let bytes = &images[next_image % images.len()];
-            next_image += 1;
+            let bytes = &self.images[self.next_image % self.images.len()];
+            self.next_image += 1;
             pixels.push(model.preprocessor().pixels(bytes)?);
             let asked = args.questions.iter().map(|q| model.tokenizer().encode(q)).collect::<Result<Vec<_>, _>>()?;
             questions.push(asked);
@@ -108,55 +153,60 @@ fn measure(args: ThroughputArgs) -> anyhow::Result<()> {
         let preprocessed = Instant::now();
         let frames: Vec<FrameQuestions> =
             pixels.iter().zip(&questions).map(|(p, q)| FrameQuestions { pixels: p, questions: q }).collect();
-        model.answer(&frames, mode)?;
+        model.answer(&frames, args.mode.answer_mode(model, None))?;
         Ok((preprocessed - started, preprocessed.elapsed()))
-    };
+    }
 
-    for _ in 0..args.warmup_batches {
-        batch(args.batch_frames)?;
+    /// The warm-up batches, then `--frames` frames measured.
+    fn round(&mut self) -> anyhow::Result<Report> {
+        let args = self.args;
+        for _ in 0..args.warmup_batches {
+            self.batch(args.batch_frames)?;
+        }
+        let (mut preprocess, mut inference) = (Duration::ZERO, Duration::ZERO);
+        let mut batch_ms = Vec::new();
+        let started = Instant::now();
+        let mut done = 0;
+        while done < args.frames {
+            let frames = args.batch_frames.min(args.frames - done);
+            let (p, i) = self.batch(frames)?;
+            preprocess += p;
+            inference += i;
+            batch_ms.push((p + i).as_secs_f64() * 1e3);
+            done += frames;
+            eprint!("\rthroughput: {done}/{} frames, {:.0} s", args.frames, started.elapsed().as_secs_f64());
+        }
+        eprintln!();
+        let elapsed = started.elapsed().as_secs_f64();
+        let report = Report {
+            model: self.model.manifest().model_id.clone(),
+            threads: self.threads,
+            frames: done,
+            batch_frames: args.batch_frames,
+            questions_per_frame: args.questions.len(),
+            elapsed_s: elapsed,
+            throughput_per_s: done as f64 / elapsed,
+            preprocess_s: preprocess.as_secs_f64(),
+            inference_s: inference.as_secs_f64(),
+            batch_ms,
+        };
+        Ok(report)
     }
-    let (mut preprocess, mut inference) = (Duration::ZERO, Duration::ZERO);
-    let mut batch_ms = Vec::new();
-    let started = Instant::now();
-    let mut done = 0;
-    while done < args.frames {
-        let frames = args.batch_frames.min(args.frames - done);
-        let (p, i) = batch(frames)?;
-        preprocess += p;
-        inference += i;
-        batch_ms.push((p + i).as_secs_f64() * 1e3);
-        done += frames;
-        eprint!("\rthroughput: {done}/{} frames, {:.0} s", args.frames, started.elapsed().as_secs_f64());
+}
+
+impl Report {
+    fn summary(&self) -> String {
+        format!(
+            "in-process, {} thread(s), {} frame(s) a batch: {} frames in {:.1} s = {:.2} frames/s × {} questions \
+             (preprocess {:.1} s, inference {:.1} s)",
+            self.threads,
+            self.batch_frames,
+            self.frames,
+            self.elapsed_s,
+            self.throughput_per_s,
+            self.questions_per_frame,
+            self.preprocess_s,
+            self.inference_s
+        )
     }
-    eprintln!();
-    let elapsed = started.elapsed().as_secs_f64();
-    let report = Report {
-        model: model.manifest().model_id.clone(),
-        threads,
-        frames: done,
-        batch_frames: args.batch_frames,
-        questions_per_frame: args.questions.len(),
-        elapsed_s: elapsed,
-        throughput_per_s: done as f64 / elapsed,
-        preprocess_s: preprocess.as_secs_f64(),
-        inference_s: inference.as_secs_f64(),
-        batch_ms,
-    };
-    println!(
-        "in-process, {} thread(s), {} frame(s) a batch: {} frames in {:.1} s = {:.2} frames/s × {} questions \
-         (preprocess {:.1} s, inference {:.1} s)",
-        report.threads,
-        report.batch_frames,
-        report.frames,
-        report.elapsed_s,
-        report.throughput_per_s,
-        report.questions_per_frame,
-        report.preprocess_s,
-        report.inference_s
-    );
-    if let Some(path) = &args.json {
-        std::fs::write(path, serde_json::to_string_pretty(&report)?)
-            .with_context(|| format!("writing {}", path.display()))?;
-    }
-    Ok(())
 }
