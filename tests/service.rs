@@ -441,7 +441,8 @@ fn frames_of_clients_that_hung_up_are_dropped_before_inference() {
             (if body["answers"].is_array() { 200 } else { 0 }, body["timings_ms"]["inference"].as_f64().unwrap_or(0.0))
         });
         std::thread::sleep(Duration::from_millis(60));
-        // Clients that give up after 150 ms: their frames wait in the queue behind the busy replica.
+        // Clients that give up after 150 ms: their frames wait behind the busy replica (for a core to
+        // be decoded on, which its batch holds, or in the queue).
         for _ in 0..4 {
             let (url, small) = (server.url("/v1/detect"), small.clone());
             s.spawn(move || {

@@ -2,7 +2,8 @@
 //! published OTLP protobufs): one trace per request, through the gateway and the worker, every
 //! span's parent in its trace and around it in time, the client's trace id kept; a retry is a
 //! span of its own; gRPC calls are traced like HTTP ones; a trace the client did not sample is
-//! not recorded; and a gateway without tracing still passes the client's context on.
+//! not recorded; a gateway without tracing still passes the client's context on; and the spans
+//! show a frame decoded on a core no CPU batch holds.
 
 use std::collections::BTreeSet;
 use std::process::Command;
@@ -299,4 +300,56 @@ fn a_gateway_without_tracing_passes_the_clients_context_to_a_worker_traced_by_th
     let names: Vec<&str> = children(&spans, server).iter().map(|s| s.name.as_str()).collect();
     assert_eq!(names, ["checks", "preprocess", "queue wait", "inference"]);
     links_hold(&spans, &client.span);
+}
+
+/// On the CPU a frame is decoded on a core no batch holds: when the replica's threads take every
+/// core, a frame that arrives during a batch is decoded after it (its `preprocess` span starts as
+/// the batch's `inference` ends, and carries the wait); when they leave a core free, beside it.
+#[test]
+fn frames_are_decoded_on_cores_no_batch_holds() {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let receiver = OtlpReceiver::start();
+    let endpoint = receiver.endpoint();
+    // The fixed-shape export generates without a key/value cache: 48 long questions, generated,
+    // hold the replica for about a second whatever the machine.
+    let long: Vec<String> = (0..48).map(|i| format!("is the big brown dog number {i} barking at the door?")).collect();
+    let long: Vec<&str> = long.iter().map(String::as_str).collect();
+    let image = jpeg(&synthetic_frame(640, 360, 8), 90, Subsamp::Sub2x2);
+    // (Whether the second frame's decoding began before the first frame's batch ended, and its
+    // recorded wait for a core in ms.)
+    let second_frame = |threads: usize, n: u32| -> (bool, f64) {
+        let threads = threads.to_string();
+        let flags = ["--replicas", "1", "--threads", &threads, "--max-questions", "48", "--otlp-endpoint", &endpoint];
+        let server = Server::start_role_with_env(BIN, "serve", "tiny-static", 0, &flags, ENV);
+        let (busy, second) = (Client::new(n), Client::new(n + 1));
+        std::thread::scope(|s| {
+            let request = client()
+                .post(server.url("/v1/detect"))
+                .header("traceparent", busy.traceparent(true))
+                .multipart(detect_form(&image, &long, &[]).text("mode", "generate"));
+            let batch = s.spawn(move || request.send().unwrap().status());
+            std::thread::sleep(Duration::from_millis(150));
+            assert_eq!(detect(&server, &image, Some(second.traceparent(true)), &QUESTIONS).status, 200);
+            assert_eq!(batch.join().unwrap(), 200);
+        });
+        let spans = receiver.wait_for(Duration::from_secs(20), |spans| {
+            [&busy.trace, &second.trace]
+                .iter()
+                .all(|t| spans.iter().any(|s| &s.trace_id == *t && s.name == "inference"))
+        });
+        let (busy, second) = (in_trace(&spans, &busy.trace), in_trace(&spans, &second.trace));
+        let batch = one(&busy, "the long batch", |s| s.name == "inference");
+        let checks = one(&second, "the second frame's checks", |s| s.name == "checks");
+        assert!(checks.end_ns < batch.end_ns, "the premise: the second frame arrived during the batch");
+        let decode = one(&second, "the second frame's decoding", |s| s.name == "preprocess");
+        let waited: f64 = decode.attribute("blipserve.core_wait_ms").expect("core_wait_ms").parse().unwrap();
+        (decode.start_ns < batch.end_ns, waited)
+    };
+
+    let (beside, waited) = second_frame(cores, 1000);
+    assert!(!beside && waited > 0.0, "every core busy: decoded after the batch (waited {waited} ms)");
+    if cores > 1 {
+        let (beside, waited) = second_frame(cores - 1, 2000);
+        assert!(beside, "a core left free: decoded beside the batch (waited {waited} ms)");
+    }
 }

@@ -154,15 +154,21 @@ impl Infer {
         let preprocessor = self.preprocessor.clone();
         let image = checked.image;
         let camera = checked.camera.as_ref().map(|c| c.shared());
+        let asked = Instant::now();
+        let core = self.engine.core_for_decoding(deadline).await?;
         let pre_started = Instant::now();
         let pixels = tokio::task::spawn_blocking(move || {
-            let _permit = permit;
+            let _held = (permit, core);
             preprocessor.pixels(&image)
         })
         .await
         .map_err(|e| ApiError::Internal(format!("preprocessing task: {e}")))??;
         let preprocess = pre_started.elapsed();
-        traced.record("preprocess", pre_started, pre_started + preprocess, Vec::new);
+        // Waiting for a core counts as queueing.
+        let core_wait = pre_started - asked;
+        traced.record("preprocess", pre_started, pre_started + preprocess, || {
+            vec![KeyValue::new("blipserve.core_wait_ms", ms(core_wait))]
+        });
 
         let (reply, answer) = tokio::sync::oneshot::channel();
         let enqueued = Instant::now();
@@ -185,8 +191,9 @@ impl Infer {
             ]
         });
         let total = started.elapsed();
+        let queued = core_wait + result.queued;
         for (stage, took) in
-            [("preprocess", preprocess), ("queue", result.queued), ("inference", result.inference), ("total", total)]
+            [("preprocess", preprocess), ("queue", queued), ("inference", result.inference), ("total", total)]
         {
             self.stage_seconds.with_label_values(&[stage]).observe(took.as_secs_f64());
         }
@@ -206,7 +213,7 @@ impl Infer {
             })
             .collect();
         let timings = Timings {
-            queue: ms(result.queued),
+            queue: ms(queued),
             preprocess: ms(preprocess),
             inference: ms(result.inference),
             total: ms(total),

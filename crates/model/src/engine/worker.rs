@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, Semaphore, SemaphorePermit};
 
 use super::health::InferenceHealth;
 use super::{BatchOf, EngineConfig, EngineError, EngineMetrics, Job, JobResult};
@@ -55,6 +55,8 @@ pub(super) struct Shared {
     pub report: LoadReport,
     pub health: Arc<InferenceHealth>,
     pub weights: Arc<SharedWeights>,
+    /// Taken for each batch of a CPU replica, one core per intra-op thread.
+    pub cores: Option<Arc<Semaphore>>,
 }
 
 /// The one model every CPU replica runs. A TorchScript module's weights are read-only and
@@ -127,7 +129,7 @@ pub(super) fn spawn(
     shared: Shared,
     metrics: EngineMetrics,
 ) -> mpsc::Sender<Vec<Job>> {
-    let Shared { idle, report, health, weights } = shared;
+    let Shared { idle, report, health, weights, cores } = shared;
     let (tx, rx) = mpsc::channel::<Vec<Job>>();
     let config = config.clone();
     std::thread::Builder::new()
@@ -182,7 +184,10 @@ pub(super) fn spawn(
                 if !batch.is_empty() {
                     trimmed = false;
                     batches += 1;
-                    if run_batch(&model, batch, &metrics, &health, (id, batches)) {
+                    let cores = cores.as_ref().map(|cores| take_cores(cores, config.threads_per_replica));
+                    let failing = run_batch(&model, batch, &metrics, &health, (id, batches));
+                    drop(cores);
+                    if failing {
                         recover(id, &mut model, &config, &health);
                     }
                 }
@@ -193,6 +198,15 @@ pub(super) fn spawn(
         })
         .expect("spawn a model replica thread");
     tx
+}
+
+/// Waits for a core per intra-op thread (all of them, if there are more threads than cores), in
+/// turn with the other replicas' batches and the frames being decoded (see [`super::Engine::start`]).
+fn take_cores(cores: &Semaphore, threads: usize) -> Option<SemaphorePermit<'_>> {
+    let count = threads.clamp(1, blipserve_api::roles::cores()) as u32;
+    let waiter = tokio::runtime::Builder::new_current_thread().build().ok()?;
+    // The semaphore is never closed.
+    waiter.block_on(cores.acquire_many(count)).ok()
 }
 
 /// Answers a batch (`replica`'s `number`th); returns whether inference is now failing. Health is
