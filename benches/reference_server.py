@@ -32,6 +32,7 @@ import sys
 import threading
 import time
 import urllib.parse
+from pathlib import Path
 from email.parser import BytesParser
 from email.policy import HTTP
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -39,6 +40,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import torch
 from PIL import Image
 from transformers import BlipForQuestionAnswering, BlipProcessor
+
+# The int8 export's own quantisation (the same layers, the same scheme), so that the eager int8
+# baseline runs what blipserve's int8 export runs.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "models"))
+from export import quantize_linear_layers  # noqa: E402
 
 
 class BadRequest(Exception):
@@ -89,21 +95,13 @@ def options(query: str) -> dict:
     return chosen
 
 
-def quantize_int8(model: BlipForQuestionAnswering) -> None:
-    """Every linear layer outside the language-model head as torch's dynamic int8 linear."""
-    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
-
-    names = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and not n.startswith("text_decoder.cls")]
-    quantize_dynamic(model, {n: per_channel_dynamic_qconfig for n in names}, dtype=torch.qint8, inplace=True)
-
-
 class Reference:
     def __init__(self, model_dir: str, overlap: bool, precision: str):
         self.processor = BlipProcessor.from_pretrained(model_dir)
         self.dtype = torch.bfloat16 if precision == "bfloat16" else torch.float32
         self.model = BlipForQuestionAnswering.from_pretrained(model_dir).to(self.dtype).eval()
         if precision == "int8":
-            quantize_int8(self.model)
+            quantize_linear_layers(self.model)
         self.lock = None if overlap else threading.Lock()
         tokens = self.processor.tokenizer.convert_tokens_to_ids(["yes", "no"])
         self.yes, self.no = tokens
