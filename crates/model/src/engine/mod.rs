@@ -177,17 +177,17 @@ impl Engine {
         // A CPU replica's batch runs on its intra-op threads, which meet at the end of every
         // operator. Where the replicas' threads take every core, a frame decoded at the same time
         // takes one of them from a batch and the batch's other threads wait for it at each of those
-        // barriers: on 2 cores, one 2-thread int8 replica's batches ran 350 → 400–460 ms beside
-        // the next frame's 26 ms of decoding, so decoding beside a batch cost more than decoding
-        // before it (served frames/s 4 % higher, median of 5 pairs, once decodes waited). So a
+        // barriers, so decoding beside a batch cost more than decoding before it (2 cores, one
+        // 2-thread int8 replica, two clients: served frames/s 4 % higher, median of 5 alternating
+        // pairs of servers, once decodes waited; with one client a batch took 330–360 ms, with
+        // two, the next frame decoded beside it, up to 440). So a
         // batch takes a core per thread and a decode takes one, in the order they asked (tokio's
         // semaphore is fair: a batch waiting for every core is not overtaken by later decodes);
         // where the replicas leave cores free, decodes run beside the batches as before.
-        let cores = config
-            .slots
-            .iter()
-            .any(|slot| slot.device == Device::Cpu)
-            .then(|| Arc::new(Semaphore::new(blipserve_api::roles::cores())));
+        let total = blipserve_api::roles::cores();
+        let cores = config.slots.iter().any(|slot| slot.device == Device::Cpu).then(|| Arc::new(Semaphore::new(total)));
+        // A core per intra-op thread; all of them if there are more threads than cores.
+        let batch_cores = config.threads_per_replica.clamp(1, total) as u32;
         let workers: Vec<mpsc::Sender<Vec<Job>>> = (0..replicas)
             .map(|id| {
                 let shared = worker::Shared {
@@ -195,7 +195,7 @@ impl Engine {
                     report: load_report.clone(),
                     health: health.clone(),
                     weights: weights.clone(),
-                    cores: cores.clone(),
+                    cores: cores.clone().map(|cores| (cores, batch_cores)),
                 };
                 worker::spawn(id, &config, shared, metrics.clone())
             })

@@ -55,8 +55,8 @@ pub(super) struct Shared {
     pub report: LoadReport,
     pub health: Arc<InferenceHealth>,
     pub weights: Arc<SharedWeights>,
-    /// Taken for each batch of a CPU replica, one core per intra-op thread.
-    pub cores: Option<Arc<Semaphore>>,
+    /// The cores a CPU replica takes for each batch, and how many.
+    pub cores: Option<(Arc<Semaphore>, u32)>,
 }
 
 /// The one model every CPU replica runs. A TorchScript module's weights are read-only and
@@ -184,7 +184,7 @@ pub(super) fn spawn(
                 if !batch.is_empty() {
                     trimmed = false;
                     batches += 1;
-                    let cores = cores.as_ref().map(|cores| take_cores(cores, config.threads_per_replica));
+                    let cores = cores.as_ref().map(|(cores, count)| take_cores(cores, *count));
                     let failing = run_batch(&model, batch, &metrics, &health, (id, batches));
                     drop(cores);
                     if failing {
@@ -200,10 +200,9 @@ pub(super) fn spawn(
     tx
 }
 
-/// Waits for a core per intra-op thread (all of them, if there are more threads than cores), in
-/// turn with the other replicas' batches and the frames being decoded (see [`super::Engine::start`]).
-fn take_cores(cores: &Semaphore, threads: usize) -> Option<SemaphorePermit<'_>> {
-    let count = threads.clamp(1, blipserve_api::roles::cores()) as u32;
+/// Waits for `count` cores, in turn with the other replicas' batches and the frames being decoded
+/// (see [`super::Engine::start`]).
+fn take_cores(cores: &Semaphore, count: u32) -> Option<SemaphorePermit<'_>> {
     let waiter = tokio::runtime::Builder::new_current_thread().build().ok()?;
     // The semaphore is never closed.
     waiter.block_on(cores.acquire_many(count)).ok()
