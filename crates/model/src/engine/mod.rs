@@ -180,10 +180,10 @@ impl Engine {
         // barriers, so decoding beside a batch cost more than decoding before it (2 cores, one
         // 2-thread int8 replica, two clients: served frames/s 4 % higher, median of 5 alternating
         // pairs of servers, once decodes waited; with one client a batch took 330–360 ms, with
-        // two, the next frame decoded beside it, up to 440). So a
-        // batch takes a core per thread and a decode takes one, in the order they asked (tokio's
-        // semaphore is fair: a batch waiting for every core is not overtaken by later decodes);
-        // where the replicas leave cores free, decodes run beside the batches as before.
+        // two, the next frame decoded beside it, up to 440). So a batch takes a core per thread
+        // and a decode takes one, in the order they asked (tokio's semaphore is fair: a batch
+        // waiting for every core is not overtaken by later decodes); where the replicas leave
+        // cores free, decodes run beside the batches as before.
         let total = blipserve_api::roles::cores();
         let cores = config.slots.iter().any(|slot| slot.device == Device::Cpu).then(|| Arc::new(Semaphore::new(total)));
         // A core per intra-op thread; all of them if there are more threads than cores.
