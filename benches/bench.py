@@ -151,12 +151,17 @@ class Server:
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+            wait_or_kill(self.proc, 30)
         self.log_file.close()
+
+
+def wait_or_kill(proc: subprocess.Popen, timeout_s: float) -> None:
+    """Waits for a process asked to end, killing it after `timeout_s`."""
+    try:
+        proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 class InProcess:
@@ -169,7 +174,7 @@ class InProcess:
         self.log_file = open(log_path, "w")
         self.proc = subprocess.Popen([*command, "--repeat-on-stdin"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=self.log_file, text=True)
-        self.loaded = self.read()
+        self.read()  # the line it writes once loaded
 
     def read(self) -> dict:
         line = self.proc.stdout.readline()
@@ -189,12 +194,8 @@ class InProcess:
 
     def stop(self) -> None:
         if self.proc.poll() is None:
-            self.proc.stdin.close()
-            try:
-                self.proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+            self.proc.stdin.close()  # the end of its input ends it
+            wait_or_kill(self.proc, 60)
         self.log_file.close()
 
 

@@ -32,10 +32,10 @@ import sys
 import threading
 import time
 import urllib.parse
-from pathlib import Path
 from email.parser import BytesParser
 from email.policy import HTTP
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import torch
 from PIL import Image

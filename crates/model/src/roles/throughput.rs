@@ -14,7 +14,7 @@ use serde::Serialize;
 
 use blipserve_api::frame::ImageLimits;
 
-use crate::model::{FrameQuestions, Model};
+use crate::model::{AnswerMode, FrameQuestions, Model};
 
 use super::{AnswerModeArg, ModelArgs};
 
@@ -101,7 +101,8 @@ fn measure(args: ThroughputArgs) -> anyhow::Result<()> {
         .iter()
         .map(|p| std::fs::read(p).with_context(|| format!("reading {}", p.display())))
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let mut measure = Measure { args: &args, model: &model, images, next_image: 0, threads };
+    let mode = args.mode.answer_mode(&model, None);
+    let mut measure = Measure { args: &args, model: &model, images, next_image: 0, threads, mode };
 
     if !args.repeat_on_stdin {
         let report = measure.round()?;
@@ -134,6 +135,7 @@ struct Measure<'a> {
     images: Vec<Vec<u8>>,
     next_image: usize,
     threads: usize,
+    mode: AnswerMode,
 }
 
 impl Measure<'_> {
@@ -153,7 +155,7 @@ impl Measure<'_> {
         let preprocessed = Instant::now();
         let frames: Vec<FrameQuestions> =
             pixels.iter().zip(&questions).map(|(p, q)| FrameQuestions { pixels: p, questions: q }).collect();
-        model.answer(&frames, args.mode.answer_mode(model, None))?;
+        model.answer(&frames, self.mode)?;
         Ok((preprocessed - started, preprocessed.elapsed()))
     }
 
