@@ -1,7 +1,7 @@
 //! `blipserve serve`, started as the real binary on a free port, spoken to over HTTP.
 
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use base64::Engine;
 use blipserve_testkit::*;
@@ -312,6 +312,45 @@ fn concurrent_frames_are_batched_and_answer_as_alone() {
             let d = (qa["probability"].as_f64().unwrap() - qt["probability"].as_f64().unwrap()).abs();
             assert!(d < 1e-5, "batched answer differs by {d}");
         }
+    }
+}
+
+/// On the CPU a batch forms once its cores are free: frames decoded while the replica was busy
+/// join its next batch together, though one takes far longer to decode than the other (without
+/// waiting for frames, `--max-wait-us 0`, the first one decoded would otherwise go alone while
+/// the batch's cores were still decoding the second).
+#[test]
+fn frames_decoded_during_a_batch_join_the_next_one_together() {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).to_string();
+    let flags = ["--replicas", "1", "--threads", &threads, "--max-questions", "48", "--max-wait-us", "0"];
+    // The fixed-shape export generates without a key/value cache: 48 long questions, generated,
+    // hold the replica for about a second whatever the machine.
+    let server = Server::start(BIN, "tiny-static", &flags);
+    let long: Vec<String> = (0..48).map(|i| format!("is the big brown dog number {i} barking at the door?")).collect();
+    let long: Vec<&str> = long.iter().map(String::as_str).collect();
+    let (small, big) = (
+        jpeg(&synthetic_frame(64, 48, 3), 90, Subsamp::Sub2x2),
+        jpeg(&synthetic_frame(1920, 1080, 4), 90, Subsamp::Sub2x2),
+    );
+    let detect = |image: &[u8]| client().post(server.url("/v1/detect")).multipart(detect_form(image, &["is it?"], &[]));
+    let (busy_done, big_sent, answers) = std::thread::scope(|s| {
+        let busy =
+            client().post(server.url("/v1/detect")).multipart(detect_form(&small, &long, &[]).text("mode", "generate"));
+        let busy = s.spawn(move || {
+            assert_eq!(busy.send().unwrap().status(), 200);
+            Instant::now()
+        });
+        std::thread::sleep(Duration::from_millis(150));
+        let first = detect(&small);
+        let first = s.spawn(move || first.send().unwrap().json::<Value>().unwrap());
+        std::thread::sleep(Duration::from_millis(50));
+        let (second, big_sent) = (detect(&big), Instant::now());
+        let second = s.spawn(move || second.send().unwrap().json::<Value>().unwrap());
+        (busy.join().unwrap(), big_sent, [first.join().unwrap(), second.join().unwrap()])
+    });
+    assert!(big_sent < busy_done, "the premise: both frames arrived while the replica was busy");
+    for answer in &answers {
+        assert_eq!(answer["batch_frames"], 2, "the small frame and the big one in one batch: {answers:?}");
     }
 }
 

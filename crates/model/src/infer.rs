@@ -157,12 +157,13 @@ impl Infer {
         let asked = Instant::now();
         let core = self.engine.core_for_decoding(deadline).await?;
         let pre_started = Instant::now();
-        let pixels = tokio::task::spawn_blocking(move || {
-            let _held = (permit, core);
-            preprocessor.pixels(&image)
+        let (pixels, core) = tokio::task::spawn_blocking(move || {
+            let _decoding = permit;
+            (preprocessor.pixels(&image), core)
         })
         .await
-        .map_err(|e| ApiError::Internal(format!("preprocessing task: {e}")))??;
+        .map_err(|e| ApiError::Internal(format!("preprocessing task: {e}")))?;
+        let pixels = pixels?;
         let preprocess = pre_started.elapsed();
         // Waiting for a core counts as queueing.
         let core_wait = pre_started - asked;
@@ -173,6 +174,8 @@ impl Infer {
         let (reply, answer) = tokio::sync::oneshot::channel();
         let enqueued = Instant::now();
         self.engine.submit(Job { pixels, questions, mode, deadline, enqueued, camera, reply })?;
+        // The core goes back once the frame is queued: a batch waiting for it takes the frame too.
+        drop(core);
         let result = match tokio::time::timeout_at(deadline.into(), answer).await {
             Err(_) => return Err(ApiError::DeadlineExceeded),
             Ok(Err(_)) => return Err(ApiError::Internal("the model replica dropped the request".into())),

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{oneshot, Semaphore, SemaphorePermit};
+use tokio::sync::{oneshot, OwnedSemaphorePermit};
 
 use super::health::InferenceHealth;
 use super::{BatchOf, EngineConfig, EngineError, EngineMetrics, Job, JobResult};
@@ -55,8 +55,13 @@ pub(super) struct Shared {
     pub report: LoadReport,
     pub health: Arc<InferenceHealth>,
     pub weights: Arc<SharedWeights>,
-    /// The cores a CPU replica takes for each batch, and how many.
-    pub cores: Option<(Arc<Semaphore>, u32)>,
+}
+
+/// A batch for a replica: its jobs and, on the CPU, the cores it runs on (held until it is
+/// answered).
+pub(super) struct Batch {
+    pub jobs: Vec<Job>,
+    pub cores: Option<OwnedSemaphorePermit>,
 }
 
 /// The one model every CPU replica runs. A TorchScript module's weights are read-only and
@@ -123,14 +128,9 @@ fn release_free_memory() {
     }
 }
 
-pub(super) fn spawn(
-    id: usize,
-    config: &EngineConfig,
-    shared: Shared,
-    metrics: EngineMetrics,
-) -> mpsc::Sender<Vec<Job>> {
-    let Shared { idle, report, health, weights, cores } = shared;
-    let (tx, rx) = mpsc::channel::<Vec<Job>>();
+pub(super) fn spawn(id: usize, config: &EngineConfig, shared: Shared, metrics: EngineMetrics) -> mpsc::Sender<Batch> {
+    let Shared { idle, report, health, weights } = shared;
+    let (tx, rx) = mpsc::channel::<Batch>();
     let config = config.clone();
     std::thread::Builder::new()
         .name(format!("replica-{id}"))
@@ -170,7 +170,7 @@ pub(super) fn spawn(
             let mut batches = 0;
             let mut trimmed = true;
             loop {
-                let batch = match rx.recv_timeout(TRIM_WHEN_IDLE) {
+                let Batch { jobs, cores } = match rx.recv_timeout(TRIM_WHEN_IDLE) {
                     Ok(batch) => batch,
                     Err(mpsc::RecvTimeoutError::Timeout) => {
                         if !trimmed {
@@ -181,11 +181,10 @@ pub(super) fn spawn(
                     }
                     Err(mpsc::RecvTimeoutError::Disconnected) => return,
                 };
-                if !batch.is_empty() {
+                if !jobs.is_empty() {
                     trimmed = false;
                     batches += 1;
-                    let cores = cores.as_ref().map(|(cores, count)| take_cores(cores, *count));
-                    let failing = run_batch(&model, batch, &metrics, &health, (id, batches));
+                    let failing = run_batch(&model, jobs, &metrics, &health, (id, batches));
                     drop(cores);
                     if failing {
                         recover(id, &mut model, &config, &health);
@@ -198,14 +197,6 @@ pub(super) fn spawn(
         })
         .expect("spawn a model replica thread");
     tx
-}
-
-/// Waits for `count` cores, in turn with the other replicas' batches and the frames being decoded
-/// (see [`super::Engine::start`]).
-fn take_cores(cores: &Semaphore, count: u32) -> Option<SemaphorePermit<'_>> {
-    let waiter = tokio::runtime::Builder::new_current_thread().build().ok()?;
-    // The semaphore is never closed.
-    waiter.block_on(cores.acquire_many(count)).ok()
 }
 
 /// Answers a batch (`replica`'s `number`th); returns whether inference is now failing. Health is
