@@ -156,7 +156,8 @@ docs: build
 
 # The same frames and questions through a plain transformers server and through blipserve, then
 # in-process: frames/s, p50, p99 and the ratios (benches/bench.py; README "Benchmarks").
-bench: build models/base-random/manifest.json models/base-random-bf16/manifest.json models/base-random-int8/manifest.json
+bench: build models/base-random/manifest.json models/base-random-bf16/manifest.json models/base-random-int8/manifest.json \
+       $(TINY)/manifest.json $(TINY_BF16)/manifest.json $(TINY_INT8)/manifest.json
 	$(PYTHON) benches/bench.py
 
 # What each precision costs in answers: blipserve's float32, bfloat16 and int8 exports against

@@ -11,7 +11,8 @@
    served the same way: the strongest fair Python baseline at each precision.
 3. `blipserve serve` on the same weights, with its defaults, under the same load; its resident
    memory against the traced parts' bytes; and once ready with 1 and with 2 replicas, what an
-   extra CPU replica costs.
+   extra CPU replica costs; and once ready on the tiny export of each precision (a few MB of
+   weights), what the process costs before any weights.
 4. `blipserve throughput`: the same frames in-process, no HTTP, in batches the size of the
    server's mean batch, to show what the server layer costs. 3 and 4 run in rounds (six by
    default): each round a load test of each precision's server, started once, and right before
@@ -368,21 +369,37 @@ def median_row(reports: list[dict]) -> dict:
     }
 
 
-def replica_memory(args, model: str) -> dict:
-    """Resident memory of `blipserve serve` once ready, with 1 and with 2 replicas (one thread
-    each): what an extra CPU replica costs."""
-    ready = {}
-    for replicas in (1, 2):
-        command = [args.blipserve, "serve", "--model", model, "--port", str(port := free_port()),
-                   "--replicas", str(replicas), "--threads", "1"]
-        server = Server(f"blipserve-{replicas}-replicas", command, port, "/ready",
-                        args.out / f"blipserve-{replicas}-replicas.log")
-        try:
-            time.sleep(1)
-            ready[replicas] = rss_mb(server.proc.pid)
-        finally:
-            server.stop()
-    return ready
+def ready_rss(args, name: str, model: str, *flags: str) -> float:
+    """Resident memory of `blipserve serve` on `model` once ready (a second after /ready)."""
+    command = [args.blipserve, "serve", "--model", model, "--port", str(port := free_port()), *flags]
+    server = Server(name, command, port, "/ready", args.out / f"{name}.log")
+    try:
+        time.sleep(1)
+        return rss_mb(server.proc.pid)
+    finally:
+        server.stop()
+
+
+def replica_memory(args, model: str) -> dict[int, float]:
+    """Resident memory once ready with 1 and with 2 replicas (one thread each): what an extra CPU
+    replica costs."""
+    return {n: ready_rss(args, f"blipserve-{n}-replicas", model, "--replicas", str(n), "--threads", "1")
+            for n in (1, 2)}
+
+
+def runtime_memory(args, precisions: list[str]) -> dict[str, dict]:
+    """Resident memory once ready of the tiny export at each precision (a few MB of weights):
+    what the process costs before any weights, the floor under every ratio of resident memory
+    to weights."""
+    runtime = {}
+    for precision in precisions:
+        model = args.tiny_model + ("" if precision == "fp32" else f"-{precision}")
+        if not Path(model).joinpath("manifest.json").is_file():
+            log(f"no {model}: the {precision} runtime is not measured (make {model}/manifest.json)")
+            continue
+        runtime[precision] = {"rss_mb": ready_rss(args, f"blipserve-tiny-{precision}", model, *args.serve_arg),
+                              "weights_mb": weights_mb(Path(model))}
+    return runtime
 
 
 def main(argv=None) -> int:
@@ -393,6 +410,9 @@ def main(argv=None) -> int:
                    help="the same weights exported in bfloat16 (skipped when absent)")
     p.add_argument("--int8-model", default=str(repo / "models/base-random-int8"),
                    help="the same weights exported with int8 linear layers (skipped when absent)")
+    p.add_argument("--tiny-model", default=str(repo / "models/tiny"),
+                   help="the tiny export, whose process measures the runtime's own memory (its -bf16 and "
+                        "-int8 siblings for those precisions)")
     p.add_argument("--blipserve", default=str(repo / "target/release/blipserve"))
     p.add_argument("--python", default=sys.executable, help="Python of the pinned environment")
     p.add_argument("--out", type=Path, default=repo / "target/bench", help="frames, reports and logs")
@@ -422,6 +442,7 @@ def main(argv=None) -> int:
     rows = reference_rows(args, repo, frames, list(models))
     rows += blipserve_rounds(args, models, frames)
     replicas = replica_memory(args, args.model)
+    runtime = runtime_memory(args, list(models))
     r = dict(rows)
     fps = {name: report["throughput_per_s"] for name, report in rows}
 
@@ -479,6 +500,13 @@ def main(argv=None) -> int:
               f"({served['ready_rss_mb']:.0f} MB / {served['weights_mb']:.0f} MB)", at_most=target)
         ratio(f"blipserve serve RSS / weights, {precision}", served["rss_mb"] / served["weights_mb"],
               f"({served['rss_mb']:.0f} MB / {served['weights_mb']:.0f} MB, just after the load test)", at_most=target)
+    for precision, tiny in runtime.items():
+        served, own = r[f"blipserve serve, {precision}"], tiny["rss_mb"] - tiny["weights_mb"]
+        print(f"{'blipserve serve RSS when ready, tiny ' + precision + ':':<54}{tiny['rss_mb']:.0f} MB with "
+              f"{tiny['weights_mb']:.0f} MB of weights: {own:.0f} MB of runtime")
+        for when, rss in (("when ready", served["ready_rss_mb"]), ("just after the load test", served["rss_mb"])):
+            ratio(f"blipserve serve (RSS - runtime) / weights, {precision}", (rss - own) / served["weights_mb"],
+                  f"(({rss:.0f} - {own:.0f}) MB / {served['weights_mb']:.0f} MB, {when})")
     extra, weights = replicas[2] - replicas[1], r["blipserve serve, fp32"]["weights_mb"]
     print(f"{'blipserve serve RSS when ready, 1 / 2 replicas:':<54}{replicas[1]:.0f} / {replicas[2]:.0f} MB: an extra "
           f"CPU replica adds {extra:.0f} MB, {extra / weights:.1%} of the weights (fp32; one shared copy)"
